@@ -170,6 +170,40 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def card_tables(raw_dir: Path) -> str:
+    """Markdown statistics of the built splits, for data/README.md."""
+    import statistics
+
+    docs = {s: json.loads((raw_dir / f"{s}.json").read_text(encoding="utf-8")) for s in ("train", "dev", "test")}
+    qas = {s: [q for a in d["data"] for q in a["paragraphs"][0]["qas"]] for s, d in docs.items()}
+    lines = ["| split | passages | of which notes | questions | answerable | unanswerable |", "|---|---|---|---|---|---|"]
+    for s, d in docs.items():
+        n_no = sum(q["is_impossible"] for q in qas[s])
+        lines.append(f"| {s} | {len(d['data'])} | {sum(a['kind'] == 'note' for a in d['data'])} | {len(qas[s])} "
+                     f"| {len(qas[s]) - n_no} | {n_no} ({n_no / len(qas[s]):.1%}) |")
+    all_q = [q for v in qas.values() for q in v]
+    arts = [a for d in docs.values() for a in d["data"]]
+    n_no = sum(q["is_impossible"] for q in all_q)
+    lines.append(f"| **all** | {len(arts)} | {sum(a['kind'] == 'note' for a in arts)} | {len(all_q)} "
+                 f"| {len(all_q) - n_no} | {n_no} ({n_no / len(all_q):.1%}) |")
+    types = Counter(q["question_type"] for q in all_q)
+    lines += ["", "| question type | all | train | dev | test |", "|---|---|---|---|---|"]
+    for t, n in types.most_common():
+        per = [sum(q["question_type"] == t for q in qas[s]) for s in ("train", "dev", "test")]
+        lines.append(f"| {t} | {n} ({n / len(all_q):.1%}) | {per[0]} | {per[1]} | {per[2]} |")
+
+    def describe(values: list[int]) -> str:
+        return f"{min(values)} / {statistics.median(values):g} / {statistics.mean(values):.1f} / {max(values)}"
+
+    words = [len(a["paragraphs"][0]["context"].split()) for a in arts]
+    answers = [len(q["answers"][0]["text"].split()) for q in all_q if q["answers"]]
+    questions = [len(q["question"].split()) for q in all_q]
+    lines += ["", "| length (words) | min / median / mean / max |", "|---|---|",
+              f"| passage | {describe(words)} |", f"| question | {describe(questions)} |",
+              f"| answer | {describe(answers)} |"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -178,7 +212,12 @@ def main() -> None:
     b = sub.add_parser("build", help="check all sources and write the SQuAD v2.0 splits")
     b.add_argument("--sources", type=Path, default=ROOT / "data" / "sources")
     b.add_argument("--out", type=Path, default=ROOT / "data" / "raw" / "amd_qa")
+    k = sub.add_parser("card", help="print the statistics tables of the built splits (markdown)")
+    k.add_argument("--raw", type=Path, default=ROOT / "data" / "raw" / "amd_qa")
     args = ap.parse_args()
+    if args.cmd == "card":
+        print(card_tables(args.raw))
+        return
     paths = args.paths if args.cmd == "check" else [args.sources]
     passages = _load_passages(paths)
     problems = check(passages)

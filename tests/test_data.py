@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medqa.config import ValidateParams
+from medqa.config import ValidateParams, parse_params
 from medqa.data import read_qa_records, split_by_context, validate_squad_records
 from medqa.errors import DataError
 
@@ -132,3 +132,295 @@ def test_split_by_context_is_deterministic():
     assert split_by_context("abc") == split_by_context("abc")
     counts = pd.Series([split_by_context(f"ctx {i}") for i in range(2000)]).value_counts(normalize=True)
     assert 0.65 < counts["train"] < 0.75 and 0.1 < counts["test"] < 0.2
+
+
+# --- more formats: several gold answers, integer ids, Hugging Face datasets, flat `answers` column ---
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def read_out(tmp_path, split):
+    return [json.loads(line) for line in (tmp_path / "validated" / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_public_squad_shaped_file_passes_through_unchanged(tmp_path):
+    src = FIXTURES / "squad_public_shaped.json"
+    s = run(tmp_path, src)
+    doc = json.loads(src.read_text(encoding="utf-8"))
+    expected = {str(q["id"]): {"title": a["title"], "context": p["context"], "question": q["question"],
+                               "is_impossible": q["is_impossible"], "answers": q["answers"]}
+                for a in doc["data"] for p in a["paragraphs"] for q in p["qas"]}
+    out = {r.pop("id"): r for split in ("train", "dev", "test") for r in read_out(tmp_path, split)}
+    assert s.rejected == 0 and s.rows_in == len(expected) == len(out)
+    assert {k: {f: v[f] for f in expected[k]} for k, v in out.items()} == expected
+    assert max(len(v["answers"]) for v in out.values()) == 3, "every gold answer is kept"
+
+
+def test_integer_ids_become_strings_and_clash_with_equal_string_ids(tmp_path):
+    raw = write_splits(tmp_path / "raw", squad([qa(7), qa("7", "Another question?")]))
+    recs = read_qa_records(raw)
+    assert list(recs.loc[recs["split"] == "train", "id"]) == ["7", "7"]
+    s = run(tmp_path, raw, on_invalid="drop")
+    assert s.failures_by_check == {"id:unique_id": 2}
+
+
+def test_several_gold_answers_are_kept_and_each_is_checked(tmp_path):
+    good = qa("a1")
+    good["answers"] += [{"text": "VEGF-A", "answer_start": CTX.index("VEGF-A")},
+                        {"text": "angiopoietin-2", "answer_start": CTX.index("angiopoietin-2")}]
+    bad = qa("a2", "Which two targets?")
+    bad["answers"].append({"text": "VEGF-A", "answer_start": 0})  # second answer points at the wrong place
+    raw = write_splits(tmp_path / "raw", squad([good, bad]))
+    s = run(tmp_path, raw, on_invalid="drop")
+    assert s.failures_by_check == {"answer_span_matches_context": 1}
+    assert read_out(tmp_path, "train")[0]["answers"] == good["answers"]
+
+
+def hf_rows(context, items):
+    """SQuAD-style rows as Hugging Face `datasets` stores them: answers is a dict of lists."""
+    return [{"id": i, "title": "t", "context": context, "question": q,
+             "answers": {"text": texts, "answer_start": [context.index(t) for t in texts]}} for i, q, texts in items]
+
+
+def test_hf_datasetdict_saved_to_disk_with_split_names(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    dd = DatasetDict({
+        "train": Dataset.from_list(hf_rows(CTX, [("a1", "What does it block?", ["VEGF-A", "VEGF-A and angiopoietin-2"]),
+                                                 ("a2", "Is it a pill?", [])])),
+        "validation": Dataset.from_list(hf_rows(CTX2, [("d1", "When is it given?", ["monthly"])])),
+        "test": Dataset.from_list(hf_rows(CTX3, [("t1", "Which form is it?", ["late dry form"])])),
+    })
+    dd.save_to_disk(tmp_path / "hf")
+    recs = read_qa_records(tmp_path / "hf")  # auto detects the save_to_disk folder
+    assert list(recs["split"]) == ["train", "train", "dev", "test"]
+    assert list(recs["row"]) == ["train[0]", "train[1]", "validation[0]", "test[0]"]
+    assert recs.loc[0, "answers"] == [{"text": "VEGF-A", "answer_start": 22},
+                                      {"text": "VEGF-A and angiopoietin-2", "answer_start": 22}]
+    assert recs.loc[1, "is_impossible"] is True
+    s = validate_squad_records(tmp_path / "hf", tmp_path / "validated", tmp_path / "r.jsonl", tmp_path / "v.json",
+                               ValidateParams(format="hf"))
+    assert s.accepted == {"train": 2, "dev": 1, "test": 1} and s.rejected == 0
+
+
+def test_hf_single_dataset_and_saved_subfolder_next_to_files(tmp_path):
+    from datasets import Dataset
+
+    raw = write_splits(tmp_path / "raw", squad([qa("a1")]))
+    Dataset.from_list(hf_rows(CTX, [("h1", "Which growth factor?", ["VEGF-A"])])).save_to_disk(raw / "extra_train")
+    recs = read_qa_records(raw)
+    extra = recs[recs["id"] == "h1"].iloc[0]
+    assert extra["split"] == "train" and extra["row"] == "[0]" and extra["source"] == str(raw / "extra_train")
+    assert run(tmp_path, raw).accepted == {"train": 2, "dev": 1, "test": 1}
+
+
+def test_hf_dataset_without_squad_columns_is_one_line(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([{"id": "x", "question": "q", "context": "c"}]).save_to_disk(tmp_path / "hf")
+    with pytest.raises(DataError, match=r"hf: split \(unnamed\) missing column\(s\) answers$"):
+        read_qa_records(tmp_path / "hf")
+
+
+def test_hf_hub_name_offline_gives_one_clear_line(monkeypatch):
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)  # also set by conftest; never wait on the network
+    with pytest.raises(DataError) as err:
+        read_qa_records(Path("medqa-tests/no-such-dataset"), fmt="hf")
+    msg = str(err.value)
+    assert msg.startswith("medqa-tests/no-such-dataset: datasets.load_dataset failed") and "needs a network" in msg
+    assert "\n" not in msg
+
+
+def test_hf_is_a_valid_format_and_missing_path_hints_at_it(tmp_path):
+    assert parse_params({"validate": {"format": "hf"}}).validate.format == "hf"
+    with pytest.raises(DataError, match="validate.format: hf"):
+        read_qa_records(tmp_path / "squad_v2")
+
+
+def test_flat_files_may_carry_a_squad_answers_column(tmp_path):
+    rows = [{"id": "r1", "question": "What does faricimab block?", "context": CTX, "split": "validation",
+             "answers": {"text": ["VEGF-A", "angiopoietin-2"], "answer_start": [22, CTX.index("angiopoietin-2")]}},
+            {"id": "r2", "question": "Is it oral?", "context": CTX2, "split": "train",
+             "answers": {"text": [], "answer_start": []}}]
+    pd.DataFrame(rows).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")  # Arrow hands the lists back as numpy arrays
+    for name in ("d.jsonl", "d.parquet"):
+        recs = read_qa_records(tmp_path / name)
+        assert list(recs["split"]) == ["dev", "train"], name
+        assert recs.loc[0, "answers"] == [{"text": "VEGF-A", "answer_start": 22},
+                                          {"text": "angiopoietin-2", "answer_start": CTX.index("angiopoietin-2")}], name
+        assert type(recs.loc[0, "answers"][0]["answer_start"]) is int and recs.loc[1, "is_impossible"] is True
+
+
+def test_csv_answer_start_and_is_impossible_as_text(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("id,question,context,answer_text,answer_start,is_impossible\n"
+                 f"r1,What does it block?,{CTX},VEGF-A,22,false\n"
+                 f"r2,Is it oral?,{CTX2},,,TRUE\n"
+                 f"r3,Where?,{CTX3},late dry form,12.5,no\n"
+                 f"r4,Which form?,{CTX3},late dry form,{CTX3.index('late dry form')},\n")  # blank: from answers
+    recs = read_qa_records(f)
+    assert recs.loc[0, "answers"] == [{"text": "VEGF-A", "answer_start": 22}] and recs.loc[0, "is_impossible"] is False
+    assert recs.loc[1, "answers"] == [] and recs.loc[1, "is_impossible"] is True
+    assert recs.loc[3, "is_impossible"] is False
+    s = validate_squad_records(f, tmp_path / "validated", tmp_path / "r.jsonl", tmp_path / "v.json",
+                               ValidateParams(on_invalid="drop"))
+    assert s.failures_by_check == {"malformed_answers": 1}
+
+
+# --- every check: a bad row is named by exactly the check that describes it; near misses pass ---
+
+LONG = "Faricimab blocks both VEGF-A and angiopoietin-2, the two pathways that drive leakage in wet AMD."
+
+
+def ans(text, start, context=CTX):
+    return {"text": text, "answer_start": context.index(text) if start is None else start}
+
+
+BAD_ROWS = {
+    # check reported: (train qas, dev qas or None, ids expected rejected)
+    "id:non_empty_id": ([{**qa("a1"), "id": None}, qa(" ", "Second?")], None, [None, " "]),
+    "id:unique_id": ([qa("a1"), qa("a1", "Second?")], None, ["a1", "a1"]),
+    "question:non_empty_text": ([qa("a1", "   "), {**qa("a2"), "question": None}], None, ["a1", "a2"]),
+    "question:at_most_1000_chars": ([qa("a1", "Why" * 400 + "?")], None, ["a1"]),
+    "malformed_answers": ([{**qa("a1"), "answers": [{"text": "VEGF-A", "answer_start": "22"}]},
+                           {**qa("a2", "Second?"), "answers": [{"text": "", "answer_start": 0}]},
+                           {**qa("a3", "Third?"), "answers": {"text": ["VEGF-A"], "answer_start": []}},
+                           {**qa("a4", "Fourth?"), "answers": ["VEGF-A"]}], None, ["a1", "a2", "a3", "a4"]),
+    "is_impossible_matches_answers": ([{**qa("a1"), "is_impossible": True},
+                                       {**qa("a2", "Second?", None), "is_impossible": "maybe"}], None, ["a1", "a2"]),
+    "answer_span_matches_context": ([qa("a1", start=3), {**qa("a2", "Second?"), "answers": [ans("VEGF-A", 9999)]}],
+                                    None, ["a1", "a2"]),
+    "answer_has_edge_whitespace": ([{**qa("a1"), "answers": [ans(" VEGF-A", None)]},
+                                    {**qa("a2", "Second?"), "answers": [ans("VEGF-A ", None)]}],
+                                   None, ["a1", "a2"]),
+    "duplicate_question_on_context": ([qa("a1"), qa("a2")], None, ["a2"]),
+    "context_in_two_splits": ([qa("a1")], [qa("d1", "Which two targets?")], ["d1"]),
+}
+
+
+@pytest.mark.parametrize("check", sorted(BAD_ROWS))
+def test_each_check_names_its_bad_rows(tmp_path, check):
+    train, dev, bad_ids = BAD_ROWS[check]
+    raw = write_splits(tmp_path / "raw", squad(train), dev=squad(dev) if dev else None)
+    s = run(tmp_path, raw, on_invalid="drop")
+    rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == bad_ids
+    assert all(r["reasons"] == [check] for r in rejected), rejected
+    assert s.rows_in == sum(s.accepted.values()) + s.rejected
+
+
+def test_context_check_and_length_limits(tmp_path):
+    params = ValidateParams(on_invalid="drop", max_context_chars=80)
+    raw = write_splits(tmp_path / "raw", squad([qa("a1", context=LONG)], context=LONG),
+                       dev=squad([{**qa("d1", "What?"), "answers": [], "is_impossible": True}], context=" \n"))
+    s = validate_squad_records(raw, tmp_path / "v", tmp_path / "r.jsonl", tmp_path / "v.json", params)
+    assert s.failures_by_check == {"context:at_most_80_chars": 1, "context:non_empty_text": 1}
+
+
+def test_answer_longer_than_context_is_named(tmp_path):
+    short = "VEGF-A"
+    too_long = {**qa("a1", text=short, context=short), "answers": [ans("VEGF-A blocker", 0, short)]}
+    raw = write_splits(tmp_path / "raw", squad([too_long], context=short))
+    s = run(tmp_path, raw, on_invalid="drop")
+    assert s.failures_by_check == {"answer_span_matches_context": 1, "answer_longer_than_context": 1}
+
+
+def test_same_question_on_same_context_in_two_splits_is_leakage(tmp_path):
+    raw = write_splits(tmp_path / "raw", squad([qa("a1")]), dev=squad([qa("d1")]), test=squad([qa("t1", "Other?")]))
+    s = run(tmp_path, raw, on_invalid="drop")
+    rejected = {r["id"]: r["reasons"] for r in map(json.loads, (tmp_path / "rejected.jsonl").read_text().splitlines())}
+    assert sorted(rejected["d1"]) == ["context_in_two_splits", "question_on_context_in_two_splits"]
+    assert rejected["t1"] == ["context_in_two_splits"]
+    assert s.accepted["train"] == 1, "the earliest split keeps its row"
+
+
+def test_leakage_between_dev_and_test_keeps_dev(tmp_path):
+    raw = write_splits(tmp_path / "raw", squad([qa("a1", text="late dry form", context=CTX3)], context=CTX3),
+                       dev=squad([qa("d1")]), test=squad([qa("t1")]))
+    s = run(tmp_path, raw, on_invalid="drop")
+    assert s.accepted == {"train": 1, "dev": 1, "test": 0}
+    assert s.failures_by_check == {"context_in_two_splits": 1, "question_on_context_in_two_splits": 1}
+
+
+def test_unknown_split_and_rows_without_a_split_are_rejected(tmp_path):
+    raw = write_splits(tmp_path / "raw", squad([qa("a1")]))
+    (raw / "extra.json").write_text(json.dumps(squad([qa("x1", "Other?", context=LONG, text="wet AMD")], LONG)))
+    (raw / "holdout.json").write_text(json.dumps(squad([qa("h1", "More?", context=LONG + ".", text="wet AMD")],
+                                                       LONG + ".", split="holdout")))
+    s = run(tmp_path, raw, on_invalid="drop")
+    assert s.failures_by_check == {"split:known_split": 2} and s.rows_in == sum(s.accepted.values()) + 2
+
+
+NEAR_MISSES = {
+    # case: [(context, qa), ...], all in train
+    "answer equal to the whole context": [(CTX, {**qa("a1"), "answers": [ans(CTX, 0)]})],
+    "inner whitespace in an answer": [(CTX, {**qa("a1"), "answers": [ans("VEGF-A and", None)]})],
+    "same question on two contexts": [(CTX, qa("a1")), (LONG, qa("a2", context=LONG))],
+    "two questions on one context": [(CTX, qa("a1")), (CTX, qa("a2", "Which two targets?"))],
+    "same answer given by three annotators": [(CTX, {**qa("a1"), "answers": [ans("VEGF-A", None)] * 3})],
+    "unanswerable with is_impossible omitted": [(CTX, {"id": "a1", "question": "Is it oral?", "answers": []})],
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEAR_MISSES))
+def test_near_misses_pass(tmp_path, case):
+    pairs = NEAR_MISSES[case]
+    doc = {"data": [{"title": "t", "paragraphs": [{"context": c, "qas": [q]} for c, q in pairs]}]}
+    s = run(tmp_path, write_splits(tmp_path / "raw", doc))
+    assert s.rejected == 0 and s.accepted["train"] == len(pairs)
+
+
+# --- fail mode and unreadable inputs ---
+
+def test_fail_mode_summary_counts_checks_and_shows_first_rows(tmp_path):
+    bad = [qa(f"b{i}", f"Question {i}?", start=1) for i in range(12)] + [qa("b0", "Again?")]
+    raw = write_splits(tmp_path / "raw", squad(bad))
+    with pytest.raises(DataError) as err:
+        run(tmp_path, raw)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "13 of 15 rows failed validation:"
+    assert lines[1:3] == ["  answer_span_matches_context: 12", "  id:unique_id: 2"]
+    first = f"  {raw / 'train.json'} data[0].paragraphs[0].qas[0] id='b0'"
+    assert lines[3] == f"{first}: answer_span_matches_context, id:unique_id"
+    assert lines[-2] == "  ... and 3 more" and len(lines) == 3 + 10 + 2
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("train.json", '{"data": [{"paragraphs": [{"context": "c", "qas": [3]}]}]}',
+     r"data\[0\]\.paragraphs\[0\]\.qas\[0\] is not an object"),
+    ("train.json", '{"data": [{"title": "x"}]}', r"data\[0\] has no 'paragraphs' list"),
+    ("d.jsonl", '{"id": "1"}\n{"id": \n', "invalid JSON at line 2 column"),
+    ("train.json", "[" * 100_000, "JSON nested too deeply at line 1"),
+    ("d.jsonl", '{"id": "1"}\n\n[1, 2]\n', "line 3 is not a JSON object"),
+    ("d.csv", 'id,question,context,answer_text,answer_start\n1,q,c,a,0\n2,q,"c,a,0\n', "cannot read as csv"),
+    ("d.csv", 'id,question,context,answer_text,answer_start\n1,q,c,a,0\n2,q,c,a,0,x\n', "cannot read as csv:.* line 3"),
+    ("d.csv", 'id,question,context,answer_text,answer_start\n1,q,c,a,0,extra,more\n', "more fields than the header"),
+    ("d.parquet", "PAR1 not really parquet", "cannot read as parquet"),
+    ("d.jsonl", '{"id": "1"}\n', "missing column"),
+    ("d.csv", "id,question,context,answer_text,answer_start\n", "no rows"),
+])
+def test_unreadable_inputs_name_file_and_position_on_one_line(tmp_path, name, content, expected):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(DataError, match=expected) as err:
+        read_qa_records(f)
+    assert str(err.value).startswith(str(f)) and "\n" not in str(err.value)
+
+
+def test_utf8_error_names_the_byte_in_flat_files(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b'{"id": "1"}\n{"id": "\xff"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl: not UTF-8 text \(byte 20\)$"):
+        read_qa_records(f)
+
+
+def test_corrupt_hf_folder_is_one_line(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(hf_rows(CTX, [("h1", "Which?", ["VEGF-A"])])).save_to_disk(tmp_path / "hf")
+    for arrow in (tmp_path / "hf").glob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    with pytest.raises(DataError, match="cannot load the saved dataset") as err:
+        read_qa_records(tmp_path / "hf")
+    assert "\n" not in str(err.value)

@@ -24,7 +24,7 @@ class ValidateParams:
     """Where the raw data is and what to do with bad rows."""
 
     raw_path: str = "data/raw/amd_qa"
-    format: Literal["auto", "squad", "jsonl", "csv", "parquet"] = "auto"
+    format: Literal["auto", "squad", "jsonl", "csv", "parquet", "hf"] = "auto"
     on_invalid: Literal["fail", "drop"] = "fail"
     max_question_chars: int = 1000
     max_context_chars: int = 200_000

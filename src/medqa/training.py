@@ -41,28 +41,39 @@ class EpochRecord:
 
 
 class DevF1Monitor(TrainerCallback):
-    """Logs training loss and dev EM/F1 to MLflow after every epoch."""
+    """Logs each epoch's training loss and dev EM/F1 to MLflow.
+
+    The Trainer calls on_epoch_end before it logs the epoch's loss, so the dev scores wait in
+    ``_pending`` until the loss arrives in on_log.
+    """
 
     def __init__(self, dev_features: Any, dev_rows: list[dict[str, Any]], batch_size: int, pad_id: int):
         self.dev_features, self.dev_rows = dev_features, dev_rows
         self.batch_size, self.pad_id = batch_size, pad_id
         self.history: list[EpochRecord] = []
-        self._last_loss = float("nan")
+        self._pending: EpochRecord | None = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer signature
-        if logs and "loss" in logs:
-            self._last_loss = float(logs["loss"])
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer signature
         if not state.is_world_process_zero:
             return
-        epoch = round(state.epoch or 0)
         scores = score_split(model, self.dev_features, self.dev_rows, DecodeParams(), self.batch_size, self.pad_id)
         model.train()
-        rec = EpochRecord(epoch, self._last_loss, scores["f1"], scores["exact"])
+        self._pending = EpochRecord(round(state.epoch or 0), float("nan"), scores["f1"], scores["exact"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if self._pending is not None and logs and "loss" in logs:
+            self._pending.train_loss = float(logs["loss"])
+            self._flush()
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self._pending is not None:
+            self._flush()
+
+    def _flush(self) -> None:
+        rec, self._pending = self._pending, None
         self.history.append(rec)
-        mlflow.log_metrics({"train_loss": rec.train_loss, "dev_f1": rec.dev_f1, "dev_em": rec.dev_em}, step=epoch)
-        print(f"epoch {epoch}: train loss {rec.train_loss:.4f}  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}")
+        mlflow.log_metrics({"train_loss": rec.train_loss, "dev_f1": rec.dev_f1, "dev_em": rec.dev_em}, step=rec.epoch)
+        print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}")
 
 
 def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path: Path,
