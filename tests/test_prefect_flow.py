@@ -1,0 +1,273 @@
+"""The Prefect flow on a tiny throwaway project: DVC's cache decides what runs, overrides reach the stages
+through params.yaml, a bad-data failure stops the flow with the stage's own message and is not retried,
+a busy lock is retried or waited for; and the served deployment, schedule and a triggered run on a real
+Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+from conftest import tiny_squad_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("validate", "tokenize", "train", "evaluate", "register")
+T = TypeVar("T")
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """This file's environment: its own PREFECT_HOME, no telemetry, this venv's `medqa` first on PATH,
+    no MLflow variables from outside (each project keeps its own mlruns/), a git identity."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+            mp.setenv(key, "t")
+        for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+            mp.setenv(key, "t@t")
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(key)
+        yield dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_env: dict[str, str]) -> Iterator[None]:
+    """A temporary Prefect server and database for the in-process flow runs (~11 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def make_project(dest: Path, model_dir: Path) -> Path:
+    """A git + DVC project with this repo's dvc.yaml and src/, a few real passages, and a tiny model."""
+    dest.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", dest)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    raw = dest / "data" / "raw" / "amd_qa"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 4), ("dev", 2), ("test", 2)):
+        (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = str(model_dir)
+    params["train"].update(epochs=2, batch_size=8, learning_rate=1e-3)
+    params["tokenize"].update(max_seq_length=128, doc_stride=48)
+    params["evaluate"]["bootstrap_samples"] = 50
+    params["register"].update(model_name="tiny-qa", min_f1=0.0)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, timeout=120)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_env: dict[str, str]) -> Path:
+    """One project shared by this file's tests, so later tests find it reproduced and cached."""
+    return make_project(tmp_path_factory.mktemp("flow") / "proj", tiny_model_dir)
+
+
+def run_flow(**params: Any) -> tuple[Any, str]:
+    """Run the flow in this process; return its final state and flow-run id."""
+    from pipeline.flows import medqa_pipeline
+
+    state = medqa_pipeline(**params, return_state=True)
+    return state, str(state.state_details.flow_run_id)
+
+
+def task_runs(flow_run_id: str) -> dict[str, int]:
+    """{stage: run_count} of the task runs a flow run made (a retried task counts every attempt)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
+
+
+def artifact_markdown(flow_run_id: str) -> str:
+    """The pipeline's markdown artifact of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from pipeline.flows import ARTIFACT_KEY
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
+    (artifact,) = found
+    return str(artifact.data)
+
+
+def test_flow_runs_each_stage_once_then_dvc_caches_and_a_param_reruns_only_its_stages(project, prefect_harness):
+    checkpoint = project / "models" / "checkpoint" / "model.safetensors"
+
+    state, run_id = run_flow(project_dir=str(project), retries=0)
+    assert state.is_completed(), state.message
+    assert state.result() == dict.fromkeys(STAGES, "ran")
+    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == "1"
+    table = artifact_markdown(run_id)
+    assert "| train | ran |" in table and "| F1 |" in table and "lexical_window" in table
+    assert "v1" in table and "became @champion" in table
+    trained_at = checkpoint.stat().st_mtime_ns
+
+    state, run_id = run_flow(project_dir=str(project), retries=0)
+    assert state.result() == dict.fromkeys(STAGES, "cached")
+    assert checkpoint.stat().st_mtime_ns == trained_at  # not retrained
+    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == "1"
+    assert "| register | cached |" in artifact_markdown(run_id)
+
+    # an evaluation parameter, set as `dvc exp run -S` would, reruns evaluate and register only
+    state, _ = run_flow(project_dir=str(project), retries=0, overrides={"evaluate.batch_size": 16})
+    assert state.result() == {"validate": "cached", "tokenize": "cached", "train": "cached",
+                              "evaluate": "ran", "register": "ran"}
+    assert yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["batch_size"] == 16
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == "2"
+
+
+def test_an_unknown_override_key_fails_before_anything_runs(project, prefect_harness):
+    before = (project / "params.yaml").read_text()
+    state, run_id = run_flow(project_dir=str(project), overrides={"train.lr": 0.1})
+    assert state.is_failed() and "no key 'train.lr'" in state.message
+    assert task_runs(run_id) == {}
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_a_locked_dvc_repo_is_retried_with_backoff(project, prefect_harness):
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        repo.lock.lock()  # as a `dvc repro` in a terminal would hold it
+        threading.Timer(4.0, repo.lock.unlock).start()
+        state, run_id = run_flow(project_dir=str(project), retries=3, retry_backoff_s=0.5)
+    assert state.is_completed(), state.message
+    assert task_runs(run_id)["validate"] > 1
+    assert state.result()["train"] == "cached"
+
+
+def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, prefect_harness):
+    from dvc.lock import Lock
+    from dvc.repo import Repo
+
+    from pipeline.flows import PIPELINE_LOCK_FILE
+
+    with Repo(str(project)) as repo:
+        held = Lock(os.path.join(repo.tmp_dir, PIPELINE_LOCK_FILE))
+    held.lock()  # as another flow run of this pipeline would hold it
+    try:
+        state, run_id = run_flow(project_dir=str(project), lock_timeout_s=0)
+        assert state.is_failed()
+        assert "another medqa pipeline run holds" in state.message and "lock_timeout_s" in state.message
+        assert task_runs(run_id) == {}
+    finally:
+        threading.Timer(2.0, held.unlock).start()
+    started = time.monotonic()
+    state, _ = run_flow(project_dir=str(project), lock_timeout_s=60)
+    assert state.is_completed(), state.message
+    assert time.monotonic() - started >= 2.0
+    assert state.result() == dict.fromkeys(STAGES, "cached")
+
+
+def test_bad_data_fails_the_flow_with_the_stage_message_without_retry(tmp_path, tiny_model_dir, prefect_harness):
+    proj = make_project(tmp_path / "proj", tiny_model_dir)
+    (proj / "data" / "raw" / "amd_qa" / "train.json").write_text("{ not json", encoding="utf-8")
+
+    state, run_id = run_flow(project_dir=str(proj), retries=2, retry_backoff_s=0.5)
+    assert state.is_failed()
+    assert "stage 'validate' failed (not retried): medqa validate: error:" in state.message
+    assert "exited with 2" in state.message
+    assert task_runs(run_id) == {"validate": 1}  # one attempt; tokenize..register never started
+    assert "| validate | failed |" in artifact_markdown(run_id)
+    assert not (proj / "data" / "features").exists()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if found := probe():
+                return found
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL to the process group this test started if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(project, prefect_env, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(prefect_env, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api)
+    server_log = (tmp_path / "server.log").open("wb")
+    serve_log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 120, "the server's /api/health")
+        serve = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--cron", "30 1 * * 1", "--name", "test",
+                                  "--project-dir", str(project), "--retries", "0"],
+                                 cwd=ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def deployment() -> dict | None:
+                found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+                return found[0] if found else None
+
+            dep = wait_for(deployment, 120, "the served deployment")
+            assert dep["name"] == "test" and dep["parameters"]["project_dir"] == str(project)
+            assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["30 1 * * 1"]
+
+            run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10).json()
+
+            def finished() -> dict | None:
+                fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
+                return fr if fr["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+            done = wait_for(finished, 300, "the triggered flow run")
+            assert done["state_type"] == "COMPLETED", (serve_log.flush(), (tmp_path / "serve.log").read_text()[-3000:])
+            print(f"served flow run: {done['total_run_time']:.1f} s")
+            artifacts = httpx.post(f"{api}/artifacts/filter", timeout=10,
+                                   json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            assert len(artifacts) == 1 and "| register |" in artifacts[0]["data"]
+        finally:
+            stop(serve)  # before the server: serve pauses its deployment on the way out
+    finally:
+        stop(server)
+        server_log.close()
+        serve_log.close()
+    assert serve.returncode is not None and server.returncode is not None
