@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-SUBCOMMANDS = ["validate", "tokenize", "train", "evaluate", "register", "predict", "doctor"]
+SUBCOMMANDS = ["validate", "tokenize", "train", "evaluate", "register", "predict", "promote", "rollback", "models",
+               "serve", "doctor"]
 
 
 def medqa(*args, cwd=None):

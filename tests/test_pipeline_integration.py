@@ -60,6 +60,7 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     assert set(metrics["baselines_f1"]) == {"lexical_window", "base_model_untrained"}
     reg = json.loads((proj / "reports" / "registration.json").read_text())
     assert reg["promoted"] and reg["version"] == "1"
+    assert "| question type |" in (proj / "reports" / "errors.md").read_text()
     curve = json.loads((proj / "reports" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve] == [1, 2]
     assert all(r["train_loss"] > 0 and 0 <= r["dev_f1"] <= 1 for r in curve)  # NaN fails both

@@ -21,7 +21,7 @@ def new_version(client, name, f1, tmp_path):
         client.create_registered_model(name)
     mv = client.create_model_version(name, source=str(tmp_path))
     client.set_model_version_tag(name, mv.version, "test_f1", str(f1))
-    return mv.version
+    return str(mv.version)
 
 
 def test_gate_promotes_first_version_over_threshold(client, tmp_path):
@@ -43,4 +43,4 @@ def test_gate_refuses_below_threshold_and_below_champion(client, tmp_path):
     assert champion_f1(client, "m")[0] == v1
     v4 = new_version(client, "m", 0.5, tmp_path)  # a tie is "not below": promoted
     assert promote_if_better(client, "m", v4, 0.5, min_f1=0.3)["promoted"]
-    assert client.get_model_version_by_alias("m", "champion").version == v4
+    assert str(client.get_model_version_by_alias("m", "champion").version) == v4

@@ -1,4 +1,5 @@
-"""The ``medqa`` command: one subcommand per pipeline stage plus predict and doctor.
+"""The ``medqa`` command: one subcommand per pipeline stage, plus predict, the registry commands
+(promote, rollback, models), serve and doctor.
 
 dvc.yaml calls the stage subcommands; each is a thin adapter around one function in the library.
 Errors a user can fix print one line (no traceback) and exit with status 2.
@@ -71,11 +72,10 @@ def cmd_register(args: argparse.Namespace) -> None:
     print(f"registered {r['model_name']} v{r['version']} (@candidate), {state}: {r['reason']}")
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    record = {"question": args.question, "context": args.context}
-    if args.model.startswith(("models:/", "runs:/")):
+def _load_predictor(model: str) -> Any:
+    """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a folder."""
+    if model.startswith(("models:/", "runs:/")):
         import mlflow
-        import pandas as pd
         from mlflow.exceptions import MlflowException
 
         from medqa.errors import ModelError
@@ -83,15 +83,70 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
         configure_tracking()
         try:
-            model = mlflow.pyfunc.load_model(args.model)
+            return mlflow.pyfunc.load_model(model).unwrap_python_model().predictor
         except MlflowException as e:
-            raise ModelError(f"{args.model}: {e.message.splitlines()[0]}") from None
-        result = model.predict(pd.DataFrame([record])).to_dict("records")[0]
-    else:
-        from medqa.predictor import QAPredictor
+            raise ModelError(f"{model}: {e.message.splitlines()[0]}") from None
+    from medqa.predictor import QAPredictor
 
-        result = QAPredictor(args.model).predict([record])[0]
-    result = {k: (v.item() if hasattr(v, "item") else v) for k, v in result.items()}
+    return QAPredictor(model)
+
+
+def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
+    """Stream --input (a file or - for stdin) through the model in batches; write JSONL results."""
+    import io
+    import tempfile
+
+    from tqdm import tqdm
+
+    from medqa.errors import DataError
+    from medqa.predictor import predict_stream, read_records
+
+    fmt = args.format if args.format != "auto" else ("csv" if args.input.lower().endswith(".csv") else "jsonl")
+    if args.input == "-":
+        source = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+    else:
+        try:
+            source = open(args.input, encoding="utf-8", newline="")
+        except OSError as e:
+            raise DataError(f"{args.input}: {e.strerror}") from None
+    out_path = Path(args.output) if args.output not in (None, "-") else None
+    # a file output is written beside its target and renamed at the end: no half-written results
+    sink = (tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out_path.parent or ".", prefix=f".{out_path.name}.",
+                                        delete=False) if out_path else sys.stdout)
+    name = "stdin" if args.input == "-" else args.input
+    try:
+        with source, tqdm(unit="rec", desc="predict", file=sys.stderr, dynamic_ncols=True) as bar:
+            n = predict_stream(predictor, read_records(source, fmt), lambda r: sink.write(json.dumps(r) + "\n"),
+                               args.batch_size, bar.update)
+    except DataError as e:
+        if out_path:
+            sink.close()
+            Path(sink.name).unlink()
+        raise DataError(f"{name}: {e}") from None
+    except UnicodeDecodeError as e:
+        if out_path:
+            sink.close()
+            Path(sink.name).unlink()
+        raise DataError(f"{name}: not UTF-8 text ({e.reason})") from None
+    if out_path:
+        sink.close()
+        os.replace(sink.name, out_path)
+    print(f"predicted {n} records" + (f" -> {out_path}" if out_path else ""), file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from medqa.errors import DataError
+
+    single = args.question is not None or args.context is not None
+    if single == (args.input is not None):
+        raise DataError("give either --question and --context, or --input FILE (- for stdin)")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    predictor = _load_predictor(args.model)
+    if not single:
+        _predict_file(predictor, args)
+        return
+    result = predictor.predict([{"question": args.question, "context": args.context}])[0]
     if args.json:
         print(json.dumps(result))
     elif result["abstained"]:
@@ -101,18 +156,75 @@ def cmd_predict(args: argparse.Namespace) -> None:
               f"offsets: {result['start']}-{result['end']}")
 
 
+def _registry(args: argparse.Namespace) -> tuple[Any, str]:
+    """An MlflowClient on the project's registry and the model name (--name or register.model_name)."""
+    from mlflow import MlflowClient
+
+    from medqa.tracking import configure_tracking
+
+    configure_tracking()
+    return MlflowClient(), args.name or _params(args).register.model_name
+
+
+def _print_move(name: str, event: dict[str, Any]) -> None:
+    was = f"v{event['previous']}" if event["previous"] is not None else "none"
+    print(f"{name}@champion: {was} -> v{event['version']} ({event['action']}: {event['reason']})")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from medqa.registry import promote
+
+    client, name = _registry(args)
+    event = promote(client, name, args.version)
+    if event is None:
+        print(f"{name}@champion is already v{args.version}; nothing changed")
+    else:
+        _print_move(name, event)
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from medqa.registry import rollback
+
+    client, name = _registry(args)
+    _print_move(name, rollback(client, name))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from medqa.registry import list_versions
+
+    client, name = _registry(args)
+    rows = list_versions(client, name)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(f"{name}")
+    print(f"{'version':>7}  {'test_f1':>7}  {'test_em':>7}  {'created (UTC)':<25}  aliases")
+    for r in rows:
+        f1 = f"{r['test_f1']:.4f}" if r["test_f1"] is not None else "-"
+        em = f"{r['test_em']:.4f}" if r["test_em"] is not None else "-"
+        print(f"{r['version']:>7}  {f1:>7}  {em:>7}  {r['created']:<25}  {', '.join(r['aliases'])}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from medqa.tracking import configure_tracking
+
+    model = args.model or f"models:/{args.name or _params(args).register.model_name}@champion"
+    env = os.environ | {"MLFLOW_TRACKING_URI": configure_tracking()}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+           "-h", args.host, "-p", str(args.port), "-w", str(args.workers)]
+    print(f"serving {model} at http://{args.host}:{args.port}/invocations", file=sys.stderr, flush=True)
+    os.execve(sys.executable, cmd, env)  # the server replaces this process: signals reach it directly
+
+
 def cmd_doctor(args: argparse.Namespace) -> None:
-    import torch
+    from medqa.device import doctor_report
 
-    from medqa.device import choose_precision, detect_device
-
-    info = detect_device()
-    print(f"torch {torch.__version__}; hip {torch.version.hip}; cuda {torch.version.cuda}")
-    print(f"backend: {info.backend}; device: {info.name} ({info.arch}); bf16: {info.bf16}; "
-          f"auto precision: {choose_precision('auto', info)}")
-    for var in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VERSION",
-                "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_TUNABLEOP_ENABLED"):
-        print(f"{var}={os.environ.get(var, '')}")
+    facts, warnings = doctor_report()
+    print("\n".join(facts))
+    for w in warnings:
+        print(f"warning: {w}")
+    if not warnings:
+        print("no problems found")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,12 +267,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("reports/registration.json"))
     s.set_defaults(func=cmd_register)
 
-    s = sub.add_parser("predict", help="answer a question from a context with a saved or registered model")
+    s = sub.add_parser("predict", help="answer questions with a saved or registered model: one, or a file of them",
+                       description="Single mode: --question and --context. Batch mode: --input, a JSONL or CSV "
+                                   "file (or - for stdin) with question, context and optional id; read in a "
+                                   "stream, predicted in batches, written as JSONL (id, answer, score, start, end, "
+                                   "abstained). A result's id is the record's id, else its line number. A bad "
+                                   "record stops the run naming its line (exit 2).")
     s.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version>, or a folder")
-    s.add_argument("--question", required=True)
-    s.add_argument("--context", required=True)
-    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--question")
+    s.add_argument("--context")
+    s.add_argument("--json", action="store_true", help="single mode: print the result as JSON")
+    s.add_argument("--input", help="batch mode: JSONL or CSV file, or - for stdin")
+    s.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto",
+                   help="input format (auto: csv for a .csv file, otherwise jsonl)")
+    s.add_argument("--output", help="batch mode: JSONL results file (default: stdout)")
+    s.add_argument("--batch-size", type=int, default=32, help="records per model call (default 32)")
     s.set_defaults(func=cmd_predict)
+
+    name_help = "registered model name (default: register.model_name from params.yaml)"
+    s = sub.add_parser("promote", help="move @champion to a version by hand (bypasses the gate; recorded)",
+                       description="Point the champion alias at VERSION and append the move to the registered "
+                                   "model's champion_history tag, so that rollback can undo it.")
+    s.add_argument("version", help="the version number to promote")
+    s.add_argument("--name", help=name_help)
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("rollback", help="move @champion back to the previous champion (repeatable)",
+                       description="Move the champion alias back one step in the champion history; run it again "
+                                   "to go further back. Deleted versions are skipped.")
+    s.add_argument("--name", help=name_help)
+    s.set_defaults(func=cmd_rollback)
+
+    s = sub.add_parser("models", help="list registered versions with test F1 and aliases")
+    s.add_argument("--name", help=name_help)
+    s.add_argument("--json", action="store_true", help="print the list as JSON")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("serve", help="serve a registered model over REST (mlflow models serve, local env)",
+                       description="Run `mlflow models serve --env-manager local` on the project's registry. "
+                                   "POST /invocations with {\"dataframe_records\": [{\"question\": ..., "
+                                   "\"context\": ...}]}; GET /ping for health. Bad records get HTTP 400.")
+    s.add_argument("--model", help="model URI (default: models:/<name>@champion)")
+    s.add_argument("--name", help=name_help)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    s.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("doctor", help="show the torch build, backend (rocm/cuda/mps/cpu) and device")
     s.set_defaults(func=cmd_doctor)

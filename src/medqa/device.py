@@ -75,3 +75,53 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(m_trim_threshold, 2**30) == 1  # don't give the heap back below 1 GiB free
     ok &= mallopt(m_top_pad, 2**26) == 1
     return bool(ok)
+
+
+ROCM_ENV_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VERSION",
+                 "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_TUNABLEOP_ENABLED", "MIOPEN_FIND_MODE", "NCCL_DEBUG")
+# Architectures AMD's ROCm PyTorch wheels are built for (data-centre CDNA and recent RDNA cards).
+ROCM_SUPPORTED_ARCHS = ("gfx908", "gfx90a", "gfx942", "gfx950", "gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201")
+
+
+def amd_gpu_present() -> bool:
+    """True when the kernel exposes an AMD GPU (the ROCm compute device node exists)."""
+    from pathlib import Path
+
+    return Path("/dev/kfd").exists()
+
+
+def doctor_report() -> tuple[list[str], list[str]]:
+    """(facts, warnings) about the torch build, the devices and the ROCm environment."""
+    import os
+
+    facts = [f"torch {torch.__version__} (hip {torch.version.hip}, cuda {torch.version.cuda})"]
+    warnings: list[str] = []
+    info = detect_device()
+    facts.append(f"backend: {info.backend}; training device: {info.device}; auto precision: "
+                 f"{choose_precision('auto', info)}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            arch = getattr(p, "gcnArchName", f"sm_{p.major}{p.minor}")
+            facts.append(f"device {i}: {p.name}; arch {arch}; memory {p.total_memory / 2**30:.1f} GiB")
+            base_arch = arch.split(":")[0]
+            if torch.version.hip is not None and base_arch not in ROCM_SUPPORTED_ARCHS \
+                    and not os.environ.get("HSA_OVERRIDE_GFX_VERSION"):
+                warnings.append(f"{base_arch} is not an architecture the ROCm wheels target; consumer cards often "
+                                "need HSA_OVERRIDE_GFX_VERSION (e.g. 10.3.0 for RDNA2, 11.0.0 for RDNA3)")
+    else:
+        facts.append(f"device: {info.name} ({info.arch}); bf16 native: {info.bf16}")
+    for var in ROCM_ENV_VARS:
+        facts.append(f"{var}={os.environ.get(var, '')}")
+    if amd_gpu_present() and torch.version.hip is None:
+        warnings.append("an AMD GPU is present (/dev/kfd) but this torch is a "
+                        f"{'CUDA' if torch.version.cuda else 'CPU'} build: reinstall torch from the ROCm index "
+                        "(pip install torch --index-url https://download.pytorch.org/whl/rocm6.4) or run "
+                        "MEDQA_TORCH=rocm scripts/setup.sh in a fresh .venv")
+    if torch.version.hip is not None and not torch.cuda.is_available():
+        warnings.append("ROCm build of torch but no GPU visible: check that the user is in the 'video' and "
+                        "'render' groups and that HIP_VISIBLE_DEVICES is not empty")
+    if os.environ.get("HSA_OVERRIDE_GFX_VERSION") and torch.cuda.is_available() and torch.version.hip is not None:
+        warnings.append("HSA_OVERRIDE_GFX_VERSION is set: it helps unsupported consumer cards and can break "
+                        "supported ones; unset it on MI-series GPUs")
+    return facts, warnings

@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 from transformers import PreTrainedModel
 
-from medqa.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from medqa.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medqa.config import DecodeParams, EvaluateParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits, tune_null_threshold
 from medqa.metrics import bootstrap_ci, score_question
@@ -123,6 +123,20 @@ def measure_latency(model: PreTrainedModel, features: Sequence[dict[str, Any]], 
     return {"questions_per_s": qps, "latency_p50_ms": statistics.median(singles), "latency_p95_ms": q[18]}
 
 
+def error_report(records: Sequence[dict[str, Any]], by_type: dict[str, dict[str, float]], per_type: int = 3) -> str:
+    """Markdown: F1 per question type, worst first, with that type's lowest-scoring questions."""
+    lines = ["# Error report (test split)", "", "| question type | n | EM | F1 |", "|---|---|---|---|"]
+    worst_types = sorted(by_type.items(), key=lambda kv: kv[1]["f1"])
+    lines += [f"| {t} | {v['n']} | {v['exact']:.3f} | {v['f1']:.3f} |" for t, v in worst_types]
+    for t, _ in worst_types:
+        rows = sorted((r for r in records if (r.get("question_type") or "unlabelled") == t), key=lambda r: r["f1"])
+        lines += ["", f"## {t}", ""]
+        for r in rows[:per_type]:
+            gold = " | ".join(r["gold_answers"]) or "(no answer)"
+            lines.append(f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {r['prediction'] or '(abstained)'}")
+    return "\n".join(lines) + "\n"
+
+
 def _load_split(features_dir: Path, validated_dir: Path, split: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from datasets import load_from_disk
 
@@ -176,11 +190,12 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     decoding = {"n_best": params.decode.n_best, "max_answer_length": params.decode.max_answer_length,
                 "null_threshold": thr, "max_seq_length": config["max_seq_length"],
                 "doc_stride": config["doc_stride"]}
-    write_jsonl_atomic(reports_dir / "predictions.jsonl", (
-        {"id": r["id"], "question": r["question"], "question_type": r.get("question_type"),
-         "gold_answers": gold_texts(r), "prediction": p, "score": d.answer_prob if p else 1 - d.answer_prob,
-         "margin": d.margin, **dict(zip(("exact", "f1"), score_question(p, gold_texts(r))))}
-        for r, p, d in zip(test_rows, preds, test_dec)))
+    records = [{"id": r["id"], "question": r["question"], "question_type": r.get("question_type"),
+                "gold_answers": gold_texts(r), "prediction": p, "score": d.answer_prob if p else 1 - d.answer_prob,
+                "margin": d.margin, **dict(zip(("exact", "f1"), score_question(p, gold_texts(r))))}
+               for r, p, d in zip(test_rows, preds, test_dec)]
+    write_jsonl_atomic(reports_dir / "predictions.jsonl", records)
+    write_text_atomic(reports_dir / "errors.md", error_report(records, metrics["by_type"]))
     write_json_atomic(reports_dir / "decoding.json", decoding)
     write_json_atomic(reports_dir / "metrics.json", report)
     if config.get("run_id"):

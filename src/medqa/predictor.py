@@ -1,11 +1,17 @@
 """Answer questions with a saved model exactly as the evaluate stage does: the same windows, the
-same decoding, the same abstention threshold (read from the model folder's decoding.json)."""
+same decoding, the same abstention threshold (read from the model folder's decoding.json).
+
+The CLI, batch files and the MLflow pyfunc (hence ``mlflow models serve``) all go through
+``QAPredictor``, so every entry point gives the same answers and refuses the same bad records.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from transformers import AutoModelForQuestionAnswering
@@ -18,6 +24,9 @@ from medqa.features import build_eval_features
 from medqa.modelsource import load_tokenizer
 
 DECODING_FILE = "decoding.json"
+# Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
+# texts are split into sliding windows like any other, but one request must stay bounded in time.
+MAX_CONTEXT_CHARS = 200_000
 
 
 class QAPredictor:
@@ -32,20 +41,44 @@ class QAPredictor:
             raise ModelError(f"{settings_file}: missing; evaluate the model first (it tunes the threshold)")
         self.settings: dict[str, Any] = json.loads(settings_file.read_text())
         self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = AutoModelForQuestionAnswering.from_pretrained(
-            model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
+        try:  # safetensors only: a pickled pytorch_model.bin could run code on load
+            self.model = AutoModelForQuestionAnswering.from_pretrained(
+                model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{model_dir}: cannot load safetensors weights ({str(e).splitlines()[0]})") from None
         self.model.to(torch.device(detect_device(device).device)).eval()
         self.batch_size = batch_size
         self.tokenize = TokenizeParams(self.settings["max_seq_length"], self.settings["doc_stride"])
         self.decode = DecodeParams(self.settings["n_best"], self.settings["max_answer_length"])
         self.threshold = float(self.settings["null_threshold"])
+        # The tokenizer needs room for more than doc_stride context tokens beside the question, or it
+        # panics; keeping half a stride more bounds the number of windows of a long context.
+        self.max_question_tokens = (self.tokenize.max_seq_length - self.tokenizer.num_special_tokens_to_add(pair=True)
+                                    - self.tokenize.doc_stride - self.tokenize.doc_stride // 2)
+
+    def problem(self, record: Any) -> str | None:
+        """Why ``record`` cannot be answered, or None; callers add where the record came from."""
+        if not isinstance(record, dict):
+            return f"expected an object with question and context, got {type(record).__name__}"
+        for key in ("question", "context"):
+            if key not in record or record[key] is None:
+                return f"missing field {key!r}"
+            if not isinstance(record[key], str):
+                return f"{key!r} must be a string, got {type(record[key]).__name__}"
+            if not record[key].strip():
+                return f"{key!r} is empty"
+        if len(record["context"]) > MAX_CONTEXT_CHARS:
+            return f"context has {len(record['context'])} characters; the limit is {MAX_CONTEXT_CHARS}"
+        n_question = len(self.tokenizer(record["question"].lstrip(), add_special_tokens=False)["input_ids"])
+        if n_question > self.max_question_tokens:
+            return f"question has {n_question} tokens; this model takes at most {self.max_question_tokens}"
+        return None
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per record: answer ("" when the model abstains), score, start, end."""
         for i, r in enumerate(records):
-            for key in ("question", "context"):
-                if not isinstance(r.get(key), str) or not r[key].strip():
-                    raise DataError(f"record {i + 1}: {key!r} must be a non-empty string")
+            if (why := self.problem(r)) is not None:
+                raise DataError(f"record {i + 1}: {why}")
         if not records:
             return []
         features = build_eval_features(self.tokenizer, records, self.tokenize)
@@ -54,7 +87,60 @@ class QAPredictor:
         results = []
         for d in decisions:
             answer = d.answer(self.threshold)
-            results.append({"answer": answer, "score": d.answer_prob if answer else 1 - d.answer_prob,
-                            "start": d.start if answer else -1, "end": d.end if answer else -1,
+            results.append({"answer": answer, "score": float(d.answer_prob if answer else 1 - d.answer_prob),
+                            "start": int(d.start) if answer else -1, "end": int(d.end) if answer else -1,
                             "abstained": not answer})
         return results
+
+
+def read_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, Any]]:
+    """(line number, record) pairs from a JSONL or CSV stream, one at a time (files of any size).
+
+    JSONL: one JSON object per line, blank lines skipped. CSV: a header row naming the columns;
+    the line number is the record's last line (a quoted field may span several).
+    """
+    if fmt == "csv":
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None:
+            return
+        for row in reader:
+            yield reader.line_num, row
+        return
+    for n, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def predict_stream(predictor: QAPredictor, records: Iterable[tuple[int, Any]], write: Callable[[dict[str, Any]], None],
+                   batch_size: int, on_batch: Callable[[int], None] = lambda n: None) -> int:
+    """Answer ``records`` in batches of ``batch_size``, calling ``write`` per result; return the count.
+
+    Each record is checked as it is read, so a bad one stops the run with its line number before
+    its batch is predicted. A result's ``id`` is the record's ``id`` or, without one, its line number.
+    """
+    batch: list[tuple[int, dict[str, Any]]] = []
+    total = 0
+
+    def flush() -> None:
+        nonlocal total
+        for (line, rec), res in zip(batch, predictor.predict([{"question": r["question"], "context": r["context"]}
+                                                              for _, r in batch])):
+            rid = rec.get("id")
+            write({"id": line if rid in (None, "") else rid, **res})
+        total += len(batch)
+        on_batch(len(batch))
+        batch.clear()
+
+    for line, rec in records:
+        if (why := predictor.problem(rec)) is not None:
+            raise DataError(f"line {line}: {why}")
+        batch.append((line, rec))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return total

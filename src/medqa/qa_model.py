@@ -1,13 +1,19 @@
 """MLflow pyfunc wrapper, logged as code: MLflow copies this file into the model and runs it on load.
 
 Input: a frame with ``question`` and ``context``; output: answer, score, start, end, abstained.
+Bad input (a missing field, a wrong type, an empty or over-long context) raises an MlflowException
+with INVALID_PARAMETER_VALUE, which ``mlflow models serve`` answers with HTTP 400 and the message.
 """
 
 from __future__ import annotations
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+
+FIELDS = ("question", "context")
 
 
 class MedqaQAModel(PythonModel):
@@ -19,8 +25,18 @@ class MedqaQAModel(PythonModel):
         self.predictor = QAPredictor(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
-        records = model_input[["question", "context"]].to_dict("records")
-        return pd.DataFrame(self.predictor.predict(records))
+        from medqa.errors import DataError
+
+        missing = [f for f in FIELDS if f not in model_input.columns]
+        if missing:
+            raise MlflowException(f"missing field(s) {missing}; every record needs question and context",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        frame = model_input[list(FIELDS)].astype(object)
+        records = frame.where(frame.notna(), None).to_dict("records")  # a field absent from one record is NaN
+        try:
+            return pd.DataFrame(self.predictor.predict(records))
+        except DataError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(MedqaQAModel())
