@@ -44,6 +44,7 @@ class TrainParams:
 
     batch_size: int = 32
     learning_rate: float = 2e-5
+    head_learning_rate: float = 2e-5  # the freshly initialised QA head; the paper uses one rate for all
     epochs: float = 3.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -122,7 +123,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _check_ranges(params: Any, prefix: str) -> None:
-    positive = {"batch_size", "epochs", "learning_rate", "max_seq_length", "n_best",
+    positive = {"batch_size", "epochs", "learning_rate", "head_learning_rate", "max_seq_length", "n_best",
                 "max_answer_length", "max_question_chars", "max_context_chars"}
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
