@@ -66,6 +66,9 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     assert all(r["train_loss"] > 0 and 0 <= r["dev_f1"] <= 1 for r in curve)  # NaN fails both
     assert (proj / "models" / "checkpoint" / "model.safetensors").exists()
 
+    summary = sh([sys.executable, "-m", "medqa.summary"], proj, env)
+    assert "test split" in summary and "now @champion" in summary
+
     # nothing changed: nothing runs
     again = sh([*dvc, "repro"], proj, env)
     assert "Running stage" not in again
