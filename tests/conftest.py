@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "raw" / "amd_qa"
@@ -52,3 +56,29 @@ def tiny_raw_dir(tmp_path) -> Path:
     for split, n in (("train", 4), ("dev", 2), ("test", 2)):
         (out / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
     return out
+
+
+def make_tiny_project(dest: Path, model_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """A git + DVC project with this repo's dvc.yaml and src/, a few real passages, and a tiny model.
+
+    Shared by the dvc repro integration test and the Prefect flow tests, so both run the same wiring.
+    """
+    dest.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", dest)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    raw = dest / "data" / "raw" / "amd_qa"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 4), ("dev", 2), ("test", 2)):
+        (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = str(model_dir)
+    params["train"].update(epochs=2, batch_size=8, learning_rate=1e-3)
+    params["tokenize"].update(max_seq_length=128, doc_stride=48)
+    params["evaluate"]["bootstrap_samples"] = 50
+    params["register"].update(model_name="tiny-qa", min_f1=0.0)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, timeout=120)
+    return dest

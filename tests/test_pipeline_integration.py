@@ -3,12 +3,12 @@ and a registry look-up by alias from a new process."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_project
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,30 +22,13 @@ def sh(cmd, cwd, env):
 
 
 @pytest.fixture()
-def project(tmp_path, tiny_raw_dir, tiny_model_dir):
-    """A throwaway copy of the project wired to the tiny model and data."""
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", proj)
-    shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(tiny_raw_dir, proj / "data" / "raw" / "amd_qa")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base_model"] = str(tiny_model_dir)
-    params["train"].update(epochs=2, batch_size=8, learning_rate=1e-3)
-    params["tokenize"].update(max_seq_length=128, doc_stride=48)
-    params["evaluate"]["bootstrap_samples"] = 50
-    params["register"].update(model_name="tiny-qa", min_f1=0.0)
-    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+def project(tmp_path, tiny_model_dir):
+    """A throwaway copy of the project wired to the tiny model and data, and its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")
-    sh(["git", "init", "-q"], proj, env)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
-    sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
-    sh(["git", "add", "-A"], proj, env)
-    sh(["git", "commit", "-qm", "init"], proj, env)
-    return proj, env
+    return make_tiny_project(tmp_path / "proj", tiny_model_dir, env), env
 
 
 def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):

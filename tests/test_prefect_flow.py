@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from conftest import tiny_squad_slice
+from conftest import make_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("validate", "tokenize", "train", "evaluate", "register")
@@ -55,33 +54,10 @@ def prefect_harness(prefect_env: dict[str, str]) -> Iterator[None]:
         yield
 
 
-def make_project(dest: Path, model_dir: Path) -> Path:
-    """A git + DVC project with this repo's dvc.yaml and src/, a few real passages, and a tiny model."""
-    dest.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", dest)
-    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    raw = dest / "data" / "raw" / "amd_qa"
-    raw.mkdir(parents=True)
-    for split, n in (("train", 4), ("dev", 2), ("test", 2)):
-        (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base_model"] = str(model_dir)
-    params["train"].update(epochs=2, batch_size=8, learning_rate=1e-3)
-    params["tokenize"].update(max_seq_length=128, doc_stride=48)
-    params["evaluate"]["bootstrap_samples"] = 50
-    params["register"].update(model_name="tiny-qa", min_f1=0.0)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params))
-    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, timeout=120)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_env: dict[str, str]) -> Path:
     """One project shared by this file's tests, so later tests find it reproduced and cached."""
-    return make_project(tmp_path_factory.mktemp("flow") / "proj", tiny_model_dir)
+    return make_tiny_project(tmp_path_factory.mktemp("flow") / "proj", tiny_model_dir)
 
 
 def run_flow(**params: Any) -> tuple[Any, str]:
@@ -187,7 +163,7 @@ def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, p
 
 
 def test_bad_data_fails_the_flow_with_the_stage_message_without_retry(tmp_path, tiny_model_dir, prefect_harness):
-    proj = make_project(tmp_path / "proj", tiny_model_dir)
+    proj = make_tiny_project(tmp_path / "proj", tiny_model_dir)
     (proj / "data" / "raw" / "amd_qa" / "train.json").write_text("{ not json", encoding="utf-8")
 
     state, run_id = run_flow(project_dir=str(proj), retries=2, retry_backoff_s=0.5)

@@ -156,7 +156,7 @@ def _tuned_predictions(model: PreTrainedModel, dev: tuple, test: tuple, decode: 
 def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path, reports_dir: Path,
                         base_model: str, params: EvaluateParams) -> dict[str, Any]:
     """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding."""
-    from transformers import AutoModelForQuestionAnswering, set_seed
+    from transformers import set_seed
 
     from medqa.modelsource import load_qa_model, load_tokenizer
 
@@ -167,7 +167,7 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     config = json.loads((model_dir / "medqa.json").read_text())
     tokenizer = load_tokenizer(str(model_dir))
     pad_id = tokenizer.pad_token_id or 0
-    model = AutoModelForQuestionAnswering.from_pretrained(model_dir, use_safetensors=True, attn_implementation="sdpa")
+    model = load_qa_model(str(model_dir))
     dev, test = _load_split(features_dir, validated_dir, "dev"), _load_split(features_dir, validated_dir, "test")
     test_rows = test[1]
     thr, test_dec = _tuned_predictions(model, dev, test, params.decode, params.batch_size, pad_id)
