@@ -49,6 +49,7 @@ class TrainParams:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
+    save_steps: int = 0  # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
@@ -129,6 +130,8 @@ def _check_ranges(params: Any, prefix: str) -> None:
         value = getattr(params, f.name)
         if f.name in positive and isinstance(value, (int, float)) and value <= 0:
             raise ConfigError(f"{prefix}.{f.name}: must be > 0, got {value}")
+        if f.name == "save_steps" and value < 0:
+            raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
     if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
         raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}")
 

@@ -3,11 +3,23 @@
 Batches are padded only as far as their longest window (dynamic padding) and grouped by length,
 which on CPU is most of the speed. After each epoch the dev F1 is measured with the default
 decoding settings (a monitor only: the evaluate stage computes the reported figures).
+
+Training state (weights, optimizer, scheduler, RNG, curve so far) is checkpointed every epoch and
+every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill resumes
+from the last checkpoint and reaches the same final weights as an uninterrupted run; a checkpoint
+left by a different configuration (params, data, base model or training code) is discarded.
+
+Under ``torchrun --nproc_per_node N`` the same code trains with DDP (RCCL on ROCm, NCCL on CUDA,
+gloo on CPU); ``train.batch_size`` stays the global batch, and only rank 0 writes files and logs.
+After a resume, the loss logged for the interrupted epoch averages only the steps run after it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -16,9 +28,11 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from datasets import load_from_disk
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
+from transformers.trainer_utils import get_last_checkpoint
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, TrainParams, as_dict
@@ -28,6 +42,8 @@ from medqa.modelsource import load_qa_model, load_tokenizer
 from medqa.tracking import configure_tracking, file_md5, git_commit
 
 INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction needs to match training
+STATE_FILE = "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
+CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
 
 
 @dataclass
@@ -41,16 +57,19 @@ class EpochRecord:
 
 
 class DevF1Monitor(TrainerCallback):
-    """Logs each epoch's training loss and dev EM/F1 to MLflow.
+    """Logs each epoch's training loss and dev EM/F1 to MLflow and keeps the curve on disk.
 
     The Trainer calls on_epoch_end before it logs the epoch's loss, so the dev scores wait in
-    ``_pending`` until the loss arrives in on_log.
+    ``_pending`` until the loss arrives in on_log. The curve is written to ``curve_path`` after each
+    epoch, so a resumed run continues it instead of starting a new one.
     """
 
-    def __init__(self, dev_features: Any, dev_rows: list[dict[str, Any]], batch_size: int, pad_id: int):
+    def __init__(self, dev_features: Any, dev_rows: list[dict[str, Any]], batch_size: int, pad_id: int,
+                 curve_path: Path | None = None, history: list[EpochRecord] | None = None):
         self.dev_features, self.dev_rows = dev_features, dev_rows
         self.batch_size, self.pad_id = batch_size, pad_id
-        self.history: list[EpochRecord] = []
+        self.curve_path = curve_path
+        self.history: list[EpochRecord] = list(history or [])
         self._pending: EpochRecord | None = None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer signature
@@ -73,7 +92,20 @@ class DevF1Monitor(TrainerCallback):
         rec, self._pending = self._pending, None
         self.history.append(rec)
         mlflow.log_metrics({"train_loss": rec.train_loss, "dev_f1": rec.dev_f1, "dev_em": rec.dev_em}, step=rec.epoch)
+        if self.curve_path is not None:
+            write_json_atomic(self.curve_path, [asdict(r) for r in self.history])
         print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}")
+
+
+class SaveEverySteps(TrainerCallback):
+    """Adds a checkpoint every ``steps`` optimizer steps to the Trainer's per-epoch ones."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer signature
+        if self.steps > 0 and state.global_step % self.steps == 0:
+            control.should_save = True
 
 
 def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -94,16 +126,71 @@ def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.
     ])
 
 
-def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path: Path,
-              params: Params) -> dict[str, Any]:
-    """Train, save weights + tokenizer + inference config to ``out_dir``, return a summary."""
-    tp = params.train
+def training_fingerprint(params: Params, features_dir: Path, validated_dir: Path) -> str:
+    """What a checkpoint must share with this run to be resumed: recipe, base model, data, code."""
+    parts = {
+        "train": as_dict(params.train), "base_model": params.base_model,
+        "features": (Path(features_dir) / "summary.json").read_text(),
+        "train_md5": file_md5(Path(validated_dir) / "train.jsonl"),
+        "dev_md5": file_md5(Path(validated_dir) / "dev.jsonl"),
+        "code_md5": file_md5(Path(__file__)),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def resumable_checkpoint(state_dir: Path, fingerprint: str) -> tuple[str | None, dict[str, Any]]:
+    """The last checkpoint in ``state_dir`` if it was written by the same configuration.
+
+    Returns (checkpoint path or None, the saved state record). A folder left by another
+    configuration is emptied, so its checkpoints can never be mixed into this run.
+    """
+    state_file = state_dir / STATE_FILE
+    saved = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if saved.get("fingerprint") == fingerprint:
+        return get_last_checkpoint(str(state_dir)), saved
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    return None, {}
+
+
+def _epoch_of(checkpoint: str) -> float:
+    return float(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("epoch") or 0)
+
+
+def _start_run(saved: dict[str, Any]) -> Any:
+    """Continue the interrupted run's MLflow run when it still exists, else start a new one."""
+    run_id = saved.get("mlflow_run_id")
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            pass
+    return mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _peak_memory_mb(device: str) -> float:
+    """Peak device memory of this process: allocator peak on a GPU, peak resident set on CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path: Path, params: Params,
+              state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
+    """Train (resuming from ``state_dir`` when possible), save weights + tokenizer + inference config
+    to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
+    tp, state_dir, out_dir = params.train, Path(state_dir), Path(out_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    is_main = int(os.environ.get("RANK", "0")) == 0
     set_seed(tp.seed)
     info = detect_device(tp.device)
     precision = choose_precision(tp.precision, info)
-    print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision}")
     if info.backend == "cpu":
         keep_freed_memory()
+    if is_main:  # folders a killed run left half-written (see atomic_dir) are never reused
+        for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tokenizer = load_tokenizer(params.base_model)
     model = load_qa_model(params.base_model)
     train_ds = load_from_disk(str(Path(features_dir) / "train"))
@@ -111,46 +198,83 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path
     dev_features = load_from_disk(str(dev_path)).to_list() if dev_path.exists() else []
     dev_rows = read_jsonl(Path(validated_dir) / "dev.jsonl")
     tok_summary = json.loads((Path(features_dir) / "summary.json").read_text())
+    per_device_batch = max(1, tp.batch_size // world_size)
 
-    configure_tracking()
-    run = mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-    mlflow.log_params(as_dict(params.train) | {"base_model": params.base_model} |
-                      {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
-    mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
-                     "device_arch": info.arch, "precision": precision,
-                     "data_md5_train": file_md5(Path(validated_dir) / "train.jsonl"),
-                     "data_md5_dev": file_md5(Path(validated_dir) / "dev.jsonl")})
-    monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0)
+    fingerprint = training_fingerprint(params, features_dir, validated_dir)
+    resume_from, saved, history = None, {}, []
+    if is_main:
+        resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
+        if resume_from:
+            done = _epoch_of(resume_from)
+            curve = state_dir / CURVE_FILE
+            history = [EpochRecord(**r) for r in json.loads(curve.read_text())] if curve.exists() else []
+            history = [r for r in history if r.epoch <= done]
+        configure_tracking()
+        run = _start_run(saved)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id})
+        if not resume_from:
+            mlflow.log_params(as_dict(params.train) | {"base_model": params.base_model, "world_size": world_size,
+                                                       "per_device_batch_size": per_device_batch} |
+                              {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
+        mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
+                         "device_arch": info.arch, "precision": precision, "world_size": str(world_size),
+                         "data_md5_train": file_md5(Path(validated_dir) / "train.jsonl"),
+                         "data_md5_dev": file_md5(Path(validated_dir) / "dev.jsonl")})
+        where = f"resuming from {resume_from}" if resume_from else "starting fresh"
+        print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision}; "
+              f"world size {world_size}; {where}")
+    if world_size > 1:
+        # every rank must agree on where to resume; rank 0 decided (and may have cleared the folder)
+        torch.distributed.init_process_group("gloo" if info.backend == "cpu" else "nccl")
+        box = [resume_from]
+        torch.distributed.broadcast_object_list(box, src=0)
+        resume_from = box[0]
+
+    monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0,
+                           state_dir / CURVE_FILE if is_main else None, history)
+    args = TrainingArguments(
+        output_dir=str(state_dir), per_device_train_batch_size=per_device_batch,
+        learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
+        warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=info.backend == "cpu",
+        train_sampling_strategy="group_by_length", logging_strategy="epoch", save_strategy="epoch",
+        save_total_limit=1, eval_strategy="no", report_to="none", dataloader_num_workers=0,
+        disable_tqdm=not is_main, ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      callbacks=[monitor, SaveEverySteps(tp.save_steps)],
+                      optimizers=(build_optimizer(model, tp), None))
+    steps_before = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"] if resume_from else 0
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - start
+    if not is_main:
+        return {}
+
+    # throughput of the steps this process ran (a resumed run ran only the rest)
+    steps_total = max(trainer.state.max_steps, 1)
+    share = (trainer.state.global_step - steps_before) / steps_total
+    real_tokens = sum(sum(m) for m in train_ds["attention_mask"])
+    samples_per_s = len(train_ds) * tp.epochs * share / seconds if seconds else 0.0
+    tokens_per_s = real_tokens * tp.epochs * share / seconds if seconds else 0.0
+    peak_mb = _peak_memory_mb(info.device)
+    summary = {
+        "run_id": mlflow.active_run().info.run_id, "base_model": params.base_model, "backend": info.backend,
+        "device": asdict(info), "precision": precision, "world_size": world_size,
+        "train_windows": len(train_ds), "train_seconds": round(seconds, 2),
+        "samples_per_s": round(samples_per_s, 3), "tokens_per_s": round(tokens_per_s, 1),
+        "peak_memory_mb": round(peak_mb, 1), "resumed_from_step": steps_before,
+        "final_train_loss": float(result.training_loss),
+        "max_seq_length": tok_summary["max_seq_length"], "doc_stride": tok_summary["doc_stride"],
+    }
     with atomic_dir(out_dir) as tmp:
-        args = TrainingArguments(
-            output_dir=str(tmp / "trainer"), per_device_train_batch_size=tp.batch_size,
-            learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
-            warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
-            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=info.backend == "cpu",
-            train_sampling_strategy="group_by_length", logging_strategy="epoch", save_strategy="no",
-            eval_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=False,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[monitor],
-                          optimizers=(build_optimizer(model, tp), None))
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
         trainer.save_model(str(tmp))  # safetensors weights + config + tokenizer
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)  # no intermediate checkpoints kept
-        samples_per_s = len(train_ds) * tp.epochs / seconds
-        summary = {
-            "run_id": run.info.run_id, "base_model": params.base_model, "backend": info.backend,
-            "device": asdict(info), "precision": precision, "train_windows": len(train_ds),
-            "train_seconds": round(seconds, 2), "samples_per_s": round(samples_per_s, 3),
-            "final_train_loss": float(result.training_loss),
-            "max_seq_length": tok_summary["max_seq_length"], "doc_stride": tok_summary["doc_stride"],
-        }
         write_json_atomic(tmp / INFERENCE_CONFIG, summary)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if info.device == "cuda" else None
     mlflow.log_metrics({"train_seconds": seconds, "train_samples_per_s": samples_per_s,
-                        "final_train_loss": float(result.training_loss)} |
-                       ({"peak_device_memory_mb": peak} if peak is not None else {}))
+                        "train_tokens_per_s": tokens_per_s, "peak_memory_mb": peak_mb,
+                        "final_train_loss": float(result.training_loss)})
     write_json_atomic(curve_path, [asdict(r) for r in monitor.history])
     mlflow.end_run()
     return summary

@@ -1,0 +1,165 @@
+"""The train stage on a tiny model: determinism, resume after SIGKILL, torchrun over gloo, stale state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs `medqa train` in a child process that SIGKILLs itself right after optimizer step KILL_AT:
+# the kill lands mid-epoch, after the step-based checkpoint before it, with no chance to clean up.
+KILLER = """
+import os, signal, sys
+import medqa.training as t
+kill_at = int(os.environ["KILL_AT"])
+original = t.SaveEverySteps.on_step_end
+def on_step_end(self, args, state, control, **kw):
+    if state.global_step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, args, state, control, **kw)
+t.SaveEverySteps.on_step_end = on_step_end
+from medqa.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture()
+def workspace(tmp_path, tiny_raw_dir, tiny_model_dir):
+    """Validated data, tokenized features and a params file for the tiny model, in ``tmp_path``."""
+    from medqa.cli import main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = str(tiny_model_dir)
+    params["validate"]["raw_path"] = str(tiny_raw_dir)
+    params["tokenize"].update(max_seq_length=128, doc_stride=48)
+    params["train"].update(epochs=3, batch_size=8, learning_rate=1e-3, save_steps=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p = ["--params", str(tmp_path / "params.yaml")]
+    assert main([*p, "validate", "--out", str(tmp_path / "validated"), "--rejected", str(tmp_path / "rej.jsonl"),
+                 "--report", str(tmp_path / "validation.json")]) == 0
+    assert main([*p, "tokenize", "--validated", str(tmp_path / "validated"), "--out", str(tmp_path / "features")]) == 0
+    return tmp_path
+
+
+def env_for(ws: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    return env | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(ws: Path, name: str) -> list[str]:
+    return ["--params", str(ws / "params.yaml"), "train", "--features", str(ws / "features"),
+            "--validated", str(ws / "validated"), "--out", str(ws / name / "checkpoint"),
+            "--curve", str(ws / name / "curve.json"), "--state", str(ws / name / "state")]
+
+
+def run_train(ws: Path, name: str, prefix: list[str] | None = None, extra_env: dict[str, str] | None = None,
+              expect_rc: int = 0) -> subprocess.CompletedProcess:
+    prefix = prefix or [sys.executable, "-m", "medqa"]
+    res = subprocess.run([*prefix, *train_cmd(ws, name)], cwd=ws, env=env_for(ws) | (extra_env or {}),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == expect_rc, f"rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def weights(ws: Path, name: str) -> dict:
+    return load_file(ws / name / "checkpoint" / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equal(b[k]), f"{k} differs"
+
+
+def mlflow_runs(ws: Path) -> list:
+    import mlflow
+
+    from medqa.tracking import configure_tracking
+
+    configure_tracking(ws)
+    try:
+        return mlflow.search_runs(experiment_names=["medqa"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_same_seed_same_weights_and_dev_f1(workspace):
+    run_train(workspace, "a")
+    run_train(workspace, "b")
+    assert_same_weights(weights(workspace, "a"), weights(workspace, "b"))
+    curve_a = json.loads((workspace / "a" / "curve.json").read_text())
+    assert curve_a == json.loads((workspace / "b" / "curve.json").read_text())
+    assert [r["epoch"] for r in curve_a] == [1, 2, 3]
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
+    run_train(workspace, "straight")
+    steps = json.loads((workspace / "straight" / "checkpoint" / "medqa.json").read_text())
+    killed = run_train(workspace, "resumed", prefix=[sys.executable, "-c", KILLER],
+                       extra_env={"KILL_AT": "5"}, expect_rc=-signal.SIGKILL)
+    assert "trained on" not in killed.stdout
+    state = workspace / "resumed" / "state"
+    assert sorted(p.name for p in state.glob("checkpoint-*")) == ["checkpoint-4"]  # newest only
+    assert not (workspace / "resumed" / "checkpoint").exists()  # no half-written final model
+
+    again = run_train(workspace, "resumed")
+    assert "resuming from" in again.stdout and "checkpoint-4" in again.stdout
+    assert_same_weights(weights(workspace, "straight"), weights(workspace, "resumed"))
+    resumed = json.loads((workspace / "resumed" / "checkpoint" / "medqa.json").read_text())
+    assert resumed["resumed_from_step"] == 4 and steps["resumed_from_step"] == 0
+    curve = json.loads((workspace / "resumed" / "curve.json").read_text())
+    straight = json.loads((workspace / "straight" / "curve.json").read_text())
+    assert [(r["epoch"], r["dev_f1"], r["dev_em"]) for r in curve] == [
+        (r["epoch"], r["dev_f1"], r["dev_em"]) for r in straight]
+    # the interrupted epoch's loss averages only the steps run after resuming; later epochs match
+    assert [r["train_loss"] for r in curve[1:]] == [r["train_loss"] for r in straight[1:]]
+    # the resumed run continued the killed run's MLflow run instead of starting another
+    assert len(mlflow_runs(workspace)) == 2
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(workspace):
+    from medqa.training import STATE_FILE, resumable_checkpoint
+
+    state = workspace / "state"
+    (state / "checkpoint-3").mkdir(parents=True)
+    (state / STATE_FILE).write_text(json.dumps({"fingerprint": "old", "mlflow_run_id": "x"}))
+    assert resumable_checkpoint(state, "new") == (None, {})
+    assert not state.exists()
+    (state / "checkpoint-3").mkdir(parents=True)
+    (state / STATE_FILE).write_text(json.dumps({"fingerprint": "same", "mlflow_run_id": "x"}))
+    assert resumable_checkpoint(state, "same") == (str(state / "checkpoint-3"), {"fingerprint": "same",
+                                                                                 "mlflow_run_id": "x"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_model_dir):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "medqa"]
+    res = run_train(workspace, "ddp", prefix=torchrun)
+    assert res.stdout.count("trained on") == 1  # rank 0 reports, rank 1 stays quiet
+    summary = json.loads((workspace / "ddp" / "checkpoint" / "medqa.json").read_text())
+    assert summary["world_size"] == 2 and summary["final_train_loss"] > 0
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = weights(workspace, "ddp")
+    assert not after["qa_outputs.weight"].equal(before["qa_outputs.weight"])  # it trained
+    assert [r["epoch"] for r in json.loads((workspace / "ddp" / "curve.json").read_text())] == [1, 2, 3]
+    runs = mlflow_runs(workspace)
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    assert runs[0].data.params["per_device_batch_size"] == "4"
+    leftovers = [p.name for p in (workspace / "ddp").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
