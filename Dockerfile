@@ -1,23 +1,32 @@
-# medqa on AMD GPUs: AMD's ROCm PyTorch image already carries the ROCm build of torch, which
-# scripts/setup.sh keeps (it never replaces an importable torch).
+# medqa on AMD GPUs, built on AMD's ROCm PyTorch image. The image's ROCm build of torch is kept:
+# pip is held to the installed torch by a constraints file (PIP_CONSTRAINT), so no dependency can
+# swap in a CUDA or CPU torch from PyPI, and the build stops if the base image's torch is not ROCm.
 #
-#   docker build -t medqa-rocm .
+#   docker build -t medqa-rocm .                       # pin: --build-arg BASE=rocm/pytorch:<tag>
 #   docker run --rm -it --device=/dev/kfd --device=/dev/dri --group-add video \
-#       --ipc=host --shm-size 8g -v "$PWD":/work -w /work medqa-rocm \
+#       --ipc=host --security-opt seccomp=unconfined --shm-size 8g \
+#       -v "$PWD":/work -w /work medqa-rocm \
 #       bash -c "pip install -q --no-deps -e . && medqa doctor && dvc repro"
 #
 # The image installs medqa's dependencies; the mounted checkout is installed over it (--no-deps) so
-# the code that runs is the code dvc.yaml hashes.
-FROM rocm/pytorch:latest
+# the code that runs is the code dvc.yaml hashes. Not built by this project's CI (no Docker engine).
+ARG BASE=rocm/pytorch:latest
+FROM ${BASE}
+
+# HF offline: the base model is a pip package. PIP_BREAK_SYSTEM_PACKAGES: some tags use the
+# distribution's Python rather than a venv; inside a container that is the environment to use.
+ENV HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_CONSTRAINT=/opt/medqa/torch-constraint.txt
 
 WORKDIR /opt/medqa
 COPY pyproject.toml README.md ./
 COPY src ./src
-# --system-site-packages keeps the image's ROCm torch visible inside the venv
-RUN python3 -m venv --system-site-packages /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir -e ".[dev]" \
+RUN python3 -c "import sys, torch; sys.exit(None if torch.version.hip else 'base image torch is not a ROCm build')" \
+    && python3 -c "from importlib.metadata import version; print('torch==' + version('torch'))" > "$PIP_CONSTRAINT" \
+    && python3 -m pip install --no-cache-dir -e ".[dev]" \
+    && python3 -c "import sys, torch; sys.exit(None if torch.version.hip else 'pip replaced the ROCm torch')" \
     && git config --system --add safe.directory /work
-ENV PATH=/opt/venv/bin:$PATH \
-    HF_HUB_OFFLINE=1 \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false
 CMD ["medqa", "doctor"]

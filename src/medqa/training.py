@@ -36,7 +36,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, TrainParams, as_dict
-from medqa.device import choose_precision, detect_device, keep_freed_memory
+from medqa.device import detect_device, explain_precision, keep_freed_memory
 from medqa.evaluation import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
 from medqa.tracking import configure_tracking, file_md5, git_commit
@@ -185,7 +185,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path
     is_main = int(os.environ.get("RANK", "0")) == 0
     set_seed(tp.seed)
     info = detect_device(tp.device)
-    precision = choose_precision(tp.precision, info)
+    precision, precision_reason = explain_precision(tp.precision, info)
     if info.backend == "cpu":
         keep_freed_memory()
     if is_main:  # folders a killed run left half-written (see atomic_dir) are never reused
@@ -218,11 +218,12 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path
                                                        "per_device_batch_size": per_device_batch} |
                               {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
         mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
-                         "device_arch": info.arch, "precision": precision, "world_size": str(world_size),
+                         "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
+                         "world_size": str(world_size),
                          "data_md5_train": file_md5(Path(validated_dir) / "train.jsonl"),
                          "data_md5_dev": file_md5(Path(validated_dir) / "dev.jsonl")})
         where = f"resuming from {resume_from}" if resume_from else "starting fresh"
-        print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision}; "
+        print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
               f"world size {world_size}; {where}")
     if world_size > 1:
         # every rank must agree on where to resume; rank 0 decided (and may have cleared the folder)
