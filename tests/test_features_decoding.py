@@ -102,3 +102,38 @@ def test_threshold_never_answer_is_finite():
     decisions = [SpanDecision("wrong", 0, 5, 2.0, 1.0, 0.5)]
     thr, f1 = tune_null_threshold(decisions, [[]], lambda p, g: score_question(p, g)[1])
     assert f1 == 1.0 and math.isfinite(thr)
+
+
+def _context_tokens(feature):
+    """(token index, (start char, end char)) of a window's context tokens."""
+    return [(t, tuple(o)) for t, o in enumerate(feature["offset_mapping"]) if o[0] >= 0]
+
+
+def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it_whole(packaged_tokenizer):
+    evals = build_eval_features(packaged_tokenizer, [_row()], WINDOWS)
+    w0, w1 = _context_tokens(evals[0]), _context_tokens(evals[1])
+    after = [o for _, o in w1 if o[0] >= w0[-1][1][1]]  # the context tokens just past window 0's end
+    start_char, end_char = w0[-2][1][0], after[1][1]   # two tokens inside window 0, two past it
+    answer = LONG_CONTEXT[start_char:end_char]
+    row = _row(answer=answer)
+    row["answers"][0]["answer_start"] = start_char  # the text also occurs earlier: pin this occurrence
+
+    train = build_train_features(packaged_tokenizer, [row], WINDOWS)
+    assert train[0]["start_positions"] == train[0]["end_positions"] == 0  # cut in two there: no answer
+    s, e = train[1]["start_positions"], train[1]["end_positions"]
+    assert LONG_CONTEXT[evals[1]["offset_mapping"][s][0]:evals[1]["offset_mapping"][e][1]] == answer
+
+    # window 0 points at the part of the answer it has, window 1 at the whole: the whole wins and maps back
+    starts, ends = _logits_for(evals, 1, s, e)
+    starts[0][w0[-2][0]], ends[0][w0[-1][0]] = 3.0, 3.0
+    (d,) = decode_best_spans(evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30))
+    assert (d.best_text, d.start, d.end) == (answer, start_char, end_char)
+
+    # a start in window 0 and an end in window 1 are never joined into one span
+    starts, ends = _logits_for(evals, 0, w0[-2][0], w0[-2][0])
+    ends[0][w0[-2][0]] = -5.0
+    ends[1][e] = 6.0
+    (d,) = decode_best_spans(evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30))
+    windows = [(f[0][1][0], f[-1][1][1]) for f in (_context_tokens(x) for x in evals)]
+    assert any(lo <= d.start and d.end <= hi for lo, hi in windows)
+    assert (d.start, d.end) != (start_char, end_char)

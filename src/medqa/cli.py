@@ -47,21 +47,45 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from medqa.training import fine_tune
 
-    s = fine_tune(args.features, args.validated, args.out, args.curve, _params(args))
+    s = fine_tune(args.features, args.validated, args.out, args.curve, _params(args), args.state)
+    if not s:  # a torchrun worker other than rank 0: rank 0 reports
+        return
     print(f"trained on {s['train_windows']} windows in {s['train_seconds']} s "
-          f"({s['samples_per_s']} windows/s, {s['backend']}, {s['precision']}); MLflow run {s['run_id']}")
+          f"({s['samples_per_s']} windows/s, {s['tokens_per_s']} tokens/s, {s['backend']}, {s['precision']}, "
+          f"world size {s['world_size']}, peak memory {s['peak_memory_mb']:.0f} MB); MLflow run {s['run_id']}")
+
+
+def _print_scores(label: str, r: dict[str, Any]) -> None:
+    """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines (the
+    registry champion is a regression check with its own line)."""
+    ci = f"95% CI {r['f1_ci95'][0]:.3f}-{r['f1_ci95'][1]:.3f}, " if "f1_ci95" in r else ""
+    print(f"{label}: EM {r['exact']:.4f}  F1 {r['f1']:.4f} ({ci}n={r['n']}); "
+          f"answerable F1 {r['has_ans_f1']:.4f}, unanswerable F1 {r['no_ans_f1']:.4f}")
+    floors = {k: v for k, v in r["baselines_f1"].items() if k != "registry_champion"}
+    print("baselines F1: " + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()) +
+          f"; lead over best {r['lead_over_best_baseline']:+.4f}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from medqa.evaluation import evaluate_checkpoint
+    from medqa.evaluation import default_reports_dir, evaluate_checkpoint, evaluate_model
 
     p = _params(args)
-    r = evaluate_checkpoint(args.model, args.features, args.validated, args.reports, p.base_model, p.evaluate)
-    lo, hi = r["f1_ci95"]
-    print(f"test: EM {r['exact']:.4f}  F1 {r['f1']:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={r['n']}); "
-          f"answerable F1 {r['has_ans_f1']:.4f}, unanswerable F1 {r['no_ans_f1']:.4f}")
-    print("baselines F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r["baselines_f1"].items()) +
-          f"; lead over best {r['lead_over_best_baseline']:+.4f}")
+    checkpoint = Path("models/checkpoint")  # the evaluate stage's input in dvc.yaml
+    if args.model is None and args.split is None:  # the DVC stage
+        r = evaluate_checkpoint(checkpoint, args.features, args.validated, args.reports or Path("reports"),
+                                p.base_model, p.evaluate, model_name=p.register.model_name)
+        _print_scores("test", r)
+        if r["registry_champion"] is not None:
+            print(f"registry champion v{r['champion_version']} F1 {r['registry_champion']['f1']:.4f}; "
+                  f"lead over champion {r['lead_over_champion']:+.4f}")
+        if "registry_champion_warning" in r:
+            print(f"warning: {r['registry_champion_warning']}", file=sys.stderr)
+        return
+    model, split = args.model or str(checkpoint), args.split or "test"
+    reports = args.reports or default_reports_dir(model, split)
+    r = evaluate_model(model, split, args.validated, reports, p.validate, p.evaluate, args.decoding)
+    _print_scores(r["split"], r)
+    print(f"null threshold {r['null_threshold']:.4f} from {r['threshold_from']}; reports in {reports}")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -246,18 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("data/features"))
     s.set_defaults(func=cmd_tokenize)
 
-    s = sub.add_parser("train", help="fine-tune on the detected device (ROCm, CUDA, MPS or CPU)")
+    s = sub.add_parser("train", help="fine-tune on the detected device (ROCm, CUDA, MPS or CPU)",
+                       description="Fine-tune with the transformers Trainer on the detected device. Checkpoints "
+                                   "go to --state every epoch (and every train.save_steps steps); a rerun resumes "
+                                   "from the last one when params, data, base model and code are unchanged. "
+                                   "Multi-GPU: torchrun --nproc_per_node N -m medqa train (DDP; train.batch_size "
+                                   "stays the global batch; only rank 0 writes and logs).")
     s.add_argument("--features", type=Path, default=Path("data/features"))
     s.add_argument("--validated", type=Path, default=Path("data/validated"))
     s.add_argument("--out", type=Path, default=Path("models/checkpoint"))
     s.add_argument("--curve", type=Path, default=Path("reports/train_curve.json"))
+    s.add_argument("--state", type=Path, default=Path("models/train_state"),
+                   help="checkpoint folder for resuming (default models/train_state)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="SQuAD v2 EM/F1 on test, baselines, latency; write reports/")
-    s.add_argument("--model", type=Path, default=Path("models/checkpoint"))
-    s.add_argument("--features", type=Path, default=Path("data/features"))
-    s.add_argument("--validated", type=Path, default=Path("data/validated"))
-    s.add_argument("--reports", type=Path, default=Path("reports"))
+    s = sub.add_parser("evaluate", help="SQuAD v2 EM/F1, baselines, latency: the DVC stage, or any model on any data",
+                       description="Without --model and --split: the DVC evaluate stage. It scores models/checkpoint "
+                                   "on the test split with the abstention threshold tuned on dev, beside the lexical "
+                                   "and untrained-base-model baselines and the registry's @champion (a regression "
+                                   "check, skipped with a warning if it cannot be loaded), and writes "
+                                   "reports/metrics.json, predictions.jsonl, decoding.json and errors.md. "
+                                   "With --model and/or --split: scores a saved or registered model as it is served "
+                                   "(its own tokenizer, windows and recorded threshold; nothing is re-tuned) on a "
+                                   "validated split or on a data file of your own, which is validated first by the "
+                                   "validate stage's rules (a bad row stops the run, exit 2). Results go to --reports, "
+                                   "by default a new reports/eval-<model>-<split>-<timestamp>/ folder.")
+    s.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version>, or a model folder "
+                                    "(default with --split: models/checkpoint)")
+    s.add_argument("--split", help="train, dev or test (from --validated), or a data file or folder in any format "
+                                    "the validate stage reads (default with --model: test); ./test for a file "
+                                    "named test")
+    s.add_argument("--decoding", type=Path,
+                   help="decoding.json with the threshold to use (default: the model's own; a training checkpoint "
+                        "has none: use reports/decoding.json)")
+    s.add_argument("--features", type=Path, default=Path("data/features"),
+                   help="the stage's tokenized splits (stage only; default data/features)")
+    s.add_argument("--validated", type=Path, default=Path("data/validated"),
+                   help="validated splits (default data/validated)")
+    s.add_argument("--reports", type=Path,
+                   help="output folder (default: reports for the stage, else reports/eval-<model>-<split>-<time>)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("register", help="register the model in MLflow; move @champion if it passes the gate")

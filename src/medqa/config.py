@@ -36,6 +36,7 @@ class TokenizeParams:
 
     max_seq_length: int = 384
     doc_stride: int = 128
+    train_fraction: float = 1.0  # share of training questions used (learning curves); nested subsets
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ def _check_ranges(params: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
     if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
         raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}")
+    if isinstance(params, TokenizeParams) and not 0 < params.train_fraction <= 1:
+        raise ConfigError(f"{prefix}.train_fraction: must be in (0, 1], got {params.train_fraction}")
 
 
 def parse_params(raw: dict[str, Any]) -> Params:

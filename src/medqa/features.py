@@ -8,6 +8,7 @@ windows carry character offsets so predicted spans map back to the original text
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from medqa.data import SPLITS
 from medqa.modelsource import load_tokenizer
 
 NO_OFFSET = (-1, -1)  # marks question, special and padding tokens: never part of an answer
+SUBSET_SEED = 0  # fixed: the same questions every time, so learning-curve points are comparable
 
 
 def encode_windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: list[str],
@@ -73,6 +75,20 @@ def build_eval_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str,
             for i, row_idx in enumerate(enc["overflow_to_sample_mapping"])]
 
 
+def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
+    """The first ``fraction`` of the training questions in one fixed shuffled order.
+
+    Subsets are nested (the 25% subset is inside the 50% one), so a learning curve measures more
+    data, not different data. Row order is kept.
+    """
+    if fraction >= 1:
+        return rows
+    order = list(range(len(rows)))
+    random.Random(SUBSET_SEED).shuffle(order)
+    keep = sorted(order[:max(1, round(len(rows) * fraction))])
+    return [rows[i] for i in keep]
+
+
 def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str, params: TokenizeParams) -> dict[str, int]:
     """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets."""
     tokenizer = load_tokenizer(base_model)
@@ -80,6 +96,8 @@ def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str, params:
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             rows = read_jsonl(Path(validated_dir) / f"{split}.jsonl")
+            if split == "train":
+                rows = train_subset(rows, params.train_fraction)
             if not rows:
                 counts[split] = 0
                 continue
@@ -89,5 +107,6 @@ def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str, params:
             counts[split] = len(feats)
         write_json_atomic(tmp / "summary.json", {"windows": counts, "base_model": base_model,
                                                  "max_seq_length": params.max_seq_length,
-                                                 "doc_stride": params.doc_stride})
+                                                 "doc_stride": params.doc_stride,
+                                                 "train_fraction": params.train_fraction})
     return counts

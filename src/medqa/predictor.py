@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from transformers import AutoModelForQuestionAnswering
+from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import decode_best_spans, predict_logits
@@ -27,6 +27,17 @@ DECODING_FILE = "decoding.json"
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
 # texts are split into sliding windows like any other, but one request must stay bounded in time.
 MAX_CONTEXT_CHARS = 200_000
+
+
+def max_question_tokens(tokenizer: PreTrainedTokenizerBase, tokenize: TokenizeParams) -> int:
+    """The longest question, in tokens, that windows of ``tokenize`` can take beside a context.
+
+    The tokenizer needs room for more than doc_stride context tokens beside the question, or it
+    panics (a Rust panic, not an exception); keeping half a stride more bounds the number of windows
+    of a long context.
+    """
+    return (tokenize.max_seq_length - tokenizer.num_special_tokens_to_add(pair=True)
+            - tokenize.doc_stride - tokenize.doc_stride // 2)
 
 
 class QAPredictor:
@@ -51,10 +62,7 @@ class QAPredictor:
         self.tokenize = TokenizeParams(self.settings["max_seq_length"], self.settings["doc_stride"])
         self.decode = DecodeParams(self.settings["n_best"], self.settings["max_answer_length"])
         self.threshold = float(self.settings["null_threshold"])
-        # The tokenizer needs room for more than doc_stride context tokens beside the question, or it
-        # panics; keeping half a stride more bounds the number of windows of a long context.
-        self.max_question_tokens = (self.tokenize.max_seq_length - self.tokenizer.num_special_tokens_to_add(pair=True)
-                                    - self.tokenize.doc_stride - self.tokenize.doc_stride // 2)
+        self.max_question_tokens = max_question_tokens(self.tokenizer, self.tokenize)
 
     def problem(self, record: Any) -> str | None:
         """Why ``record`` cannot be answered, or None; callers add where the record came from."""

@@ -112,6 +112,39 @@ def _model_version(client: MlflowClient, name: str, version: str) -> Any:
         raise ModelError(f"{name} has no version {version!r}") from None
 
 
+MODEL_DIR_ARTIFACT = "artifacts/model_dir"  # where log_model puts the checkpoint (weights, tokenizer, decoding.json)
+
+
+def fetch_registered_model(uri: str, dst: Path) -> tuple[Path, str, str]:
+    """Download the model folder of ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` into ``dst``.
+
+    Returns (folder, name, version). Only the checkpoint folder is fetched, not the pyfunc's code
+    copy: callers load it with the safe loader and its own decoding.json, exactly as it is served.
+    Call ``configure_tracking`` first.
+    """
+    rest = uri.removeprefix("models:/")
+    name, sep, ref = rest.partition("@") if "@" in rest else rest.rpartition("/")
+    if rest == uri or not name or not ref:
+        raise ModelError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    client = MlflowClient()
+    registered = _registered_model(client, name)
+    if sep == "@":
+        if ref not in registered.aliases:
+            known = ", ".join(sorted(registered.aliases)) or "none"
+            raise ModelError(f"{uri}: {name} has no alias {ref!r} (aliases: {known})")
+        version = str(registered.aliases[ref])
+    else:
+        version = str(_model_version(client, name, ref).version)
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}/{MODEL_DIR_ARTIFACT}", dst_path=str(dst)))
+    except MlflowException as e:
+        raise ModelError(f"{uri}: cannot download v{version} ({e.message.splitlines()[0]})") from None
+    if not (folder / "config.json").exists():
+        raise ModelError(f"{uri}: v{version} has no {MODEL_DIR_ARTIFACT}/config.json (not a medqa model?)")
+    return folder, name, version
+
+
 def promote(client: MlflowClient, name: str, version: str) -> dict[str, Any] | None:
     """Make ``version`` the champion by hand, bypassing the gate; None when it already is."""
     _registered_model(client, name)

@@ -1,0 +1,201 @@
+"""The evaluate stage's registry champion baseline and `medqa evaluate --model/--split`, on a tiny model,
+a few real passages and a real MLflow SQLite registry in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import tiny_squad_slice
+from mlflow import MlflowClient
+
+from medqa.cli import main
+from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
+from medqa.data import validate_squad_records
+from medqa.evaluation import default_reports_dir, evaluate_checkpoint
+from medqa.features import tokenize_splits
+from medqa.registry import register_model
+from medqa.tracking import configure_tracking
+
+NAME = "tiny-eval"
+WINDOWS = TokenizeParams(max_seq_length=128, doc_stride=48)
+PARAMS = EvaluateParams(bootstrap_samples=50)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    """Validated and tokenized splits of a few real passages, and a checkpoint with its medqa.json."""
+    proj = tmp_path_factory.mktemp("eval-proj")
+    raw = proj / "raw"
+    raw.mkdir()
+    for split, n in (("train", 1), ("dev", 2), ("test", 2)):
+        (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
+    validate_squad_records(raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json",
+                           ValidateParams())
+    tokenize_splits(proj / "validated", proj / "features", str(tiny_model_dir), WINDOWS)
+    ckpt = proj / "checkpoint"
+    shutil.copytree(tiny_model_dir, ckpt)
+    (ckpt / "medqa.json").write_text(json.dumps({"backend": "cpu", "base_model": str(tiny_model_dir),
+                                                 "max_seq_length": WINDOWS.max_seq_length,
+                                                 "doc_stride": WINDOWS.doc_stride}))
+    return proj
+
+
+@pytest.fixture()
+def in_project(project, monkeypatch):
+    """Run in the project folder with its own registry under ./mlruns."""
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield project
+    mlflow.set_tracking_uri(None)
+
+
+def _stage(proj: Path, base_model: Path) -> dict:
+    return evaluate_checkpoint(proj / "checkpoint", proj / "features", proj / "validated", proj / "reports",
+                               str(base_model), PARAMS, model_name=NAME)
+
+
+def test_champion_baseline_absent_then_scored_as_served_then_broken(in_project, tiny_model_dir, capsys):
+    proj = in_project
+    first = _stage(proj, tiny_model_dir)  # empty registry: no champion, no warning, no crash
+    assert first["registry_champion"] is None and first["champion_version"] is None
+    assert first["lead_over_champion"] is None and "registry_champion_warning" not in first
+    assert set(first["baselines_f1"]) == {"lexical_window", "base_model_untrained"}
+    # throughput comes from the timed test decision pass, not a pass of its own
+    speed = first["speed"]
+    assert speed["questions_per_s"] == pytest.approx(first["n"] / speed["batched_pass_s"])
+    assert speed["latency_p50_ms"] > 0 and speed["latency_p95_ms"] >= speed["latency_p50_ms"]
+
+    configure_tracking()
+    with mlflow.start_run() as run:
+        pass
+    config = json.loads((proj / "checkpoint" / "medqa.json").read_text())
+    (proj / "checkpoint" / "medqa.json").write_text(json.dumps(config | {"run_id": run.info.run_id}))
+    reg = register_model(proj / "checkpoint", proj / "reports" / "metrics.json", proj / "reports" / "decoding.json",
+                         proj / "registration.json", RegisterParams(NAME, 0.0))
+    assert reg["promoted"] and reg["version"] == "1"
+
+    second = _stage(proj, tiny_model_dir)
+    champ = second["registry_champion"]
+    assert second["champion_version"] == champ["version"] == "1" and champ["model_uri"] == f"models:/{NAME}/1"
+    # the same weights with their recorded threshold: the champion scores exactly what the model does
+    assert champ["null_threshold"] == first["null_threshold"]
+    assert champ["f1"] == pytest.approx(second["f1"]) and second["lead_over_champion"] == pytest.approx(0.0)
+    assert second["baselines_f1"]["registry_champion"] == champ["f1"]
+    assert second["best_baseline"] in {"lexical_window", "base_model_untrained"}  # the floor ignores the champion
+    on_disk = json.loads((proj / "reports" / "metrics.json").read_text())
+    assert on_disk["champion_version"] == "1" and on_disk["lead_over_champion"] == second["lead_over_champion"]
+    logged = MlflowClient().get_run(run.info.run_id).data
+    assert "lead_over_champion" in logged.metrics and logged.tags["champion_version"] == "1"
+
+    # the same model by registry URI in ad-hoc mode: its recorded threshold, the same figures
+    out = proj / "adhoc"
+    assert main(["evaluate", "--model", f"models:/{NAME}@champion", "--split", "test",
+                 "--validated", str(proj / "validated"), "--reports", str(out)]) == 0
+    adhoc = json.loads((out / "metrics.json").read_text())
+    assert adhoc["f1"] == pytest.approx(second["f1"]) and adhoc["model_version"] == "1"
+    assert adhoc["null_threshold"] == first["null_threshold"] and "95% CI" in capsys.readouterr().out
+    assert main(["evaluate", "--model", f"models:/{NAME}@nope", "--split", "test",
+                 "--validated", str(proj / "validated")]) == 2
+    err = capsys.readouterr().err
+    assert f"models:/{NAME}@nope: {NAME} has no alias 'nope'" in err and len(err.strip().splitlines()) == 1
+
+    # a champion whose artifact is broken is a warning, not a failure
+    client = MlflowClient()
+    empty = proj / "empty"
+    empty.mkdir()
+    broken = client.create_model_version(NAME, source=str(empty))
+    client.set_registered_model_alias(NAME, "champion", broken.version)
+    try:
+        third = _stage(proj, tiny_model_dir)
+        assert third["registry_champion"] is None and third["lead_over_champion"] is None
+        assert f"models:/{NAME}/{broken.version} not scored" in third["registry_champion_warning"]
+        assert "registry_champion" not in third["baselines_f1"]
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def _flat_rows(n: int) -> list[dict]:
+    """The first ``n`` test questions as flat JSONL records (answer_text/answer_start; "" = unanswerable)."""
+    rows = []
+    for article in tiny_squad_slice("test", 2)["data"]:
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                a = qa["answers"][0] if qa["answers"] else {"text": "", "answer_start": ""}
+                rows.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
+                             "answer_text": a["text"], "answer_start": a["answer_start"]})
+    return rows[:n]
+
+
+@pytest.fixture()
+def served_model(tmp_path, tiny_model_dir) -> Path:
+    """The tiny model with a recorded threshold that makes it abstain on every question."""
+    folder = tmp_path / "served"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "decoding.json").write_text(json.dumps({"n_best": 20, "max_answer_length": 30, "null_threshold": 1e9,
+                                                      "max_seq_length": 128, "doc_stride": 48}))
+    return folder
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(tmp_path, served_model, monkeypatch, capsys):
+    rows = _flat_rows(8) + [{"id": "none-1", "question": "Which gene was sequenced?", "answer_text": "",
+                             "answer_start": "", "context": _flat_rows(1)[0]["context"]}]
+    data = _write_jsonl(tmp_path / "mine.jsonl", rows)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--model", str(served_model), "--split", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "EM " in out and "95% CI" in out and "from " in out
+    (reports,) = (tmp_path / "reports").glob("eval-served-mine-*")  # a new folder, never reports/metrics.json
+    assert not (tmp_path / "reports" / "metrics.json").exists()
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["null_threshold"] == 1e9 and metrics["threshold_from"] == str(served_model / "decoding.json")
+    unanswerable = sum(1 for r in rows if not r["answer_text"])
+    assert metrics["n"] == len(rows) and metrics["f1"] == pytest.approx(unanswerable / len(rows))
+    predictions = [json.loads(line) for line in (reports / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == [r["id"] for r in rows]
+    assert all(p["prediction"] == "" for p in predictions)  # the threshold was applied, not re-tuned
+    assert json.loads((reports / "decoding.json").read_text())["max_seq_length"] == 128
+    assert str(data) in (reports / "errors.md").read_text()
+
+
+def test_default_reports_folder_names():
+    from datetime import datetime
+
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    assert default_reports_dir("models:/medqa-amd-qa@champion", "test", now) == \
+        Path("reports/eval-medqa-amd-qa-champion-test-20260102-030405")
+    assert default_reports_dir("models:/m/3", "data/extra.jsonl", now) == Path("reports/eval-m-v3-extra-20260102-030405")
+
+
+@pytest.mark.parametrize("case", ["missing_model", "bad_row", "long_question", "no_threshold"])
+def test_adhoc_errors_exit_2_with_one_line(tmp_path, served_model, tiny_model_dir, capsys, case):
+    rows = _flat_rows(3)
+    model, expected = str(served_model), ""
+    if case == "missing_model":
+        model, expected = str(tmp_path / "nope"), f"{tmp_path / 'nope'}: no such model folder"
+    elif case == "bad_row":
+        rows[1]["answer_start"] += 1
+        expected = f"{tmp_path / 'data.jsonl'} row 2 id='{rows[1]['id']}': answer_span_matches_context"
+    elif case == "long_question":
+        rows[2]["question"] = "Which " + "very " * 80 + "long question?"
+        expected = f"{tmp_path / 'data.jsonl'} row 3: question has"
+    else:
+        model, expected = str(tiny_model_dir), "decoding.json: missing"
+    data = _write_jsonl(tmp_path / "data.jsonl", rows)
+    assert main(["evaluate", "--model", model, "--split", str(data), "--reports", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # before it, at most the weights' loading bar
+    assert last.startswith("medqa evaluate: error: ") and expected in last
+    assert not (tmp_path / "out").exists()
+    if case == "no_threshold":
+        assert "--decoding" in err
