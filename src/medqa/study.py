@@ -1,0 +1,168 @@
+"""Collect the learning-curve / recipe study from ``dvc exp show --json`` into a table and a plot.
+
+The study itself is DVC experiments (``scripts/study.sh`` queues them): each is a full pipeline run
+with ``-S`` overrides, so DVC keeps its params, metrics and outputs. This module only reads them
+back: one row per experiment, runs that differ only in ``train.seed`` grouped into mean and spread,
+and the learning curve (test/dev F1 against the share of training questions) drawn as an SVG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medqa.atomic import write_json_atomic, write_text_atomic
+
+# the knobs a study varies, as (params group, key, column header)
+KNOBS = [("tokenize", "train_fraction", "train share"), ("tokenize", "max_seq_length", "max len"),
+         ("train", "learning_rate", "lr"), ("train", "head_learning_rate", "head lr"),
+         ("train", "epochs", "epochs"), ("train", "warmup_ratio", "warm-up"),
+         ("train", "weight_decay", "wd"), ("train", "batch_size", "batch")]
+
+
+def _exp_revs(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of every finished experiment in ``dvc exp show --json`` output, and of each
+    commit the experiments start from (its committed run is the study's reference point)."""
+    for baseline in show:
+        if baseline.get("experiments") and baseline.get("rev") != "workspace":
+            yield f"commit {baseline['rev'][:7]}", baseline.get("data") or {}
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                if data.get("status", "Success") == "Success" and data.get("metrics"):
+                    yield rev.get("name") or exp.get("name") or rev.get("rev", "?")[:7], data
+
+
+def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per experiment: its knobs, seed, and dev/test figures."""
+    rows = []
+    for name, data in _exp_revs(show):
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        metrics = ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
+        if "f1" not in metrics:
+            continue
+        row = {"name": name, "seed": params.get("train", {}).get("seed")}
+        for group, key, _ in KNOBS:
+            row[f"{group}.{key}"] = params.get(group, {}).get(key)
+        row.update(test_f1=metrics["f1"], test_em=metrics.get("exact"), dev_f1=metrics.get("dev_f1"),
+                   lead=metrics.get("lead_over_best_baseline"))
+        rows.append(row)
+    return rows
+
+
+def group_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only in the seed become one: mean F1, its spread, and the seed count."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS)].append(r)
+    out = []
+    for members in groups.values():
+        test = [m["test_f1"] for m in members]
+        dev = [m["dev_f1"] for m in members if m["dev_f1"] is not None]
+        out.append({**{k: v for k, v in members[0].items() if k not in ("name", "seed")},
+                    "names": sorted(m["name"] for m in members), "seeds": len(members),
+                    "test_f1": statistics.mean(test), "test_f1_sd": statistics.stdev(test) if len(test) > 1 else None,
+                    "dev_f1": statistics.mean(dev) if dev else None,
+                    "test_em": statistics.mean(m["test_em"] for m in members)})
+    return sorted(out, key=lambda r: -r["test_f1"])
+
+
+def markdown_table(groups: list[dict[str, Any]]) -> str:
+    """The study table, best test F1 first."""
+    head = [h for _, _, h in KNOBS] + ["seeds", "dev F1", "test F1", "test EM", "experiments"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in groups:
+        sd = f" ± {r['test_f1_sd']:.3f}" if r["test_f1_sd"] is not None else ""
+        dev = f"{r['dev_f1']:.3f}" if r["dev_f1"] is not None else "-"
+        cells = [str(r[f"{g}.{k}"]) for g, k, _ in KNOBS] + [
+            str(r["seeds"]), dev, f"{r['test_f1']:.3f}{sd}", f"{r['test_em']:.3f}", ", ".join(r["names"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def learning_curve(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points of the largest family of runs that differ only in the share of training questions."""
+    families: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in groups:
+        families[tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS[1:])].append(r)
+    best = max(families.values(), key=len, default=[])
+    return sorted(best, key=lambda r: r["tokenize.train_fraction"]) if len(best) > 1 else []
+
+
+def curve_svg(points: list[dict[str, Any]], width: int = 480, height: int = 300) -> str:
+    """A small line chart of dev and test F1 against the training share (no plotting library)."""
+    left, right, top, bottom = 50, 20, 20, 40
+    w, h = width - left - right, height - top - bottom
+    ymax = max([0.5] + [p["test_f1"] for p in points] + [p["dev_f1"] or 0 for p in points])
+
+    def xy(frac: float, f1: float) -> tuple[float, float]:
+        return left + frac * w, top + h - f1 / ymax * h
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
+             f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">share of training questions</text>',
+             f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" text-anchor="middle">F1</text>']
+    for t in (0.25, 0.5, 0.75, 1.0):
+        x, _ = xy(t, 0)
+        parts.append(f'<text x="{x}" y="{top + h + 14}" text-anchor="middle">{t:.0%}</text>')
+    for i in range(5):
+        v = ymax * i / 4
+        _, y = xy(0, v)
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{v:.2f}</text>')
+    for key, colour in (("test_f1", "#1f5fa8"), ("dev_f1", "#c0392b")):
+        pts = [xy(p["tokenize.train_fraction"], p[key]) for p in points if p[key] is not None]
+        if pts:
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
+            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts]
+            parts.append(f'<text x="{pts[-1][0] - 4:.1f}" y="{pts[-1][1] - 8:.1f}" text-anchor="end" '
+                         f'fill="{colour}">{key.replace("_f1", "")} F1</text>')
+    return "\n".join(parts + ["</svg>"]) + "\n"
+
+
+def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
+    """reports/study.md (table), study.json (rows) and study_curve.svg (learning curve, if any)."""
+    groups = group_seeds(rows_from_exp_show(show))
+    curve = learning_curve(groups)
+    text = ["# Recipe and learning-curve study", "",
+            "DVC experiments (`scripts/study.sh`); test F1 is mean ± sd over seeds where there are several.", "",
+            markdown_table(groups)]
+    if curve:
+        write_text_atomic(Path(out_dir) / "study_curve.svg", curve_svg(curve))
+        text += ["", "![learning curve](study_curve.svg)", ""]
+    write_text_atomic(Path(out_dir) / "study.md", "\n".join(text))
+    write_json_atomic(Path(out_dir) / "study.json", groups)
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m medqa.study",
+                                 description="Tabulate the DVC experiments of the study into reports/.")
+    ap.add_argument("--out", type=Path, default=Path("reports"), help="folder for study.md/.json/_curve.svg")
+    ap.add_argument("--show-json", type=Path, help="read `dvc exp show --json` output from this file "
+                                                   "instead of running it")
+    args = ap.parse_args(argv)
+    if args.show_json:
+        show = json.loads(args.show_json.read_text())
+    else:
+        res = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if res.returncode:
+            print(f"dvc exp show failed: {res.stderr.strip()[-500:]}", file=sys.stderr)
+            return 1
+        show = json.loads(res.stdout)
+    groups = write_study(show, args.out)
+    print(markdown_table(groups))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
