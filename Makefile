@@ -17,3 +17,11 @@ pipeline: setup
 ## Run the test suite.
 test: setup
 	python -m pytest -q
+
+## Benchmarks, ours vs plain Hugging Face side by side; writes reports/benchmarks.md.
+## PRESET=small (default, about 10 minutes on 2 CPU cores) or PRESET=full (the whole data: hours on a CPU).
+PRESET ?= small
+.PHONY: bench
+bench: setup
+	bash benchmarks/setup_venv.sh || echo "bench: .venv-bench could not be created; the inference reference is skipped"
+	python -m benchmarks.run --preset $(PRESET)
