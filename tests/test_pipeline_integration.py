@@ -47,6 +47,7 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     curve = json.loads((proj / "reports" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve] == [1, 2]
     assert all(r["train_loss"] > 0 and 0 <= r["dev_f1"] <= 1 for r in curve)  # NaN fails both
+    assert curve[-1]["dev_f1"] == metrics["dev_f1"]  # the last point is the evaluate stage's dev pass
     assert (proj / "models" / "checkpoint" / "model.safetensors").exists()
 
     summary = sh([sys.executable, "-m", "medqa.summary"], proj, env)

@@ -59,7 +59,7 @@ def env_for(ws: Path) -> dict[str, str]:
 def train_cmd(ws: Path, name: str) -> list[str]:
     return ["--params", str(ws / "params.yaml"), "train", "--features", str(ws / "features"),
             "--validated", str(ws / "validated"), "--out", str(ws / name / "checkpoint"),
-            "--curve", str(ws / name / "curve.json"), "--state", str(ws / name / "state")]
+            "--state", str(ws / name / "state")]
 
 
 def run_train(ws: Path, name: str, prefix: list[str] | None = None, extra_env: dict[str, str] | None = None,
@@ -97,9 +97,10 @@ def test_same_seed_same_weights_and_dev_f1(workspace):
     run_train(workspace, "a")
     run_train(workspace, "b")
     assert_same_weights(weights(workspace, "a"), weights(workspace, "b"))
-    curve_a = json.loads((workspace / "a" / "curve.json").read_text())
-    assert curve_a == json.loads((workspace / "b" / "curve.json").read_text())
+    curve_a = json.loads((workspace / "a" / "checkpoint" / "train_curve.json").read_text())
+    assert curve_a == json.loads((workspace / "b" / "checkpoint" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve_a] == [1, 2, 3]
+    assert all(0 <= r["dev_f1"] <= 1 for r in curve_a[:-1]) and curve_a[-1]["dev_f1"] is None  # evaluate's
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
@@ -117,8 +118,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     assert_same_weights(weights(workspace, "straight"), weights(workspace, "resumed"))
     resumed = json.loads((workspace / "resumed" / "checkpoint" / "medqa.json").read_text())
     assert resumed["resumed_from_step"] == 4 and steps["resumed_from_step"] == 0
-    curve = json.loads((workspace / "resumed" / "curve.json").read_text())
-    straight = json.loads((workspace / "straight" / "curve.json").read_text())
+    curve = json.loads((workspace / "resumed" / "checkpoint" / "train_curve.json").read_text())
+    straight = json.loads((workspace / "straight" / "checkpoint" / "train_curve.json").read_text())
     assert [(r["epoch"], r["dev_f1"], r["dev_em"]) for r in curve] == [
         (r["epoch"], r["dev_f1"], r["dev_em"]) for r in straight]
     # the interrupted epoch's loss averages only the steps run after resuming; later epochs match
@@ -157,7 +158,8 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_
     before = load_file(tiny_model_dir / "model.safetensors")
     after = weights(workspace, "ddp")
     assert not after["qa_outputs.weight"].equal(before["qa_outputs.weight"])  # it trained
-    assert [r["epoch"] for r in json.loads((workspace / "ddp" / "curve.json").read_text())] == [1, 2, 3]
+    curve = json.loads((workspace / "ddp" / "checkpoint" / "train_curve.json").read_text())
+    assert [r["epoch"] for r in curve] == [1, 2, 3]
     runs = mlflow_runs(workspace)
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
     assert runs[0].data.params["per_device_batch_size"] == "4"

@@ -47,7 +47,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from medqa.training import fine_tune
 
-    s = fine_tune(args.features, args.validated, args.out, args.curve, _params(args), args.state)
+    s = fine_tune(args.features, args.validated, args.out, _params(args), args.state)
     if not s:  # a torchrun worker other than rank 0: rank 0 reports
         return
     print(f"trained on {s['train_windows']} windows in {s['train_seconds']} s "
@@ -279,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", type=Path, default=Path("data/features"))
     s.add_argument("--validated", type=Path, default=Path("data/validated"))
     s.add_argument("--out", type=Path, default=Path("models/checkpoint"))
-    s.add_argument("--curve", type=Path, default=Path("reports/train_curve.json"))
     s.add_argument("--state", type=Path, default=Path("models/train_state"),
                    help="checkpoint folder for resuming (default models/train_state)")
     s.set_defaults(func=cmd_train)

@@ -2,7 +2,9 @@
 
 Batches are padded only as far as their longest window (dynamic padding) and grouped by length,
 which on CPU is most of the speed. After each epoch the dev F1 is measured with the default
-decoding settings (a monitor only: the evaluate stage computes the reported figures).
+decoding settings (a monitor only: the evaluate stage computes the reported figures). The last
+epoch's dev figures are left to the evaluate stage, which scores the final model on dev anyway (to
+tune the abstention threshold) and completes the curve: one dev pass fewer per pipeline run.
 
 Training state (weights, optimizer, scheduler, RNG, curve so far) is checkpointed every epoch and
 every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill resumes
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -44,6 +47,7 @@ from medqa.tracking import configure_tracking, file_md5, git_commit
 INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction needs to match training
 STATE_FILE = "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
 CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
+MODEL_CURVE = "train_curve.json"  # beside the weights: the finished curve, completed by evaluate
 
 
 @dataclass
@@ -52,8 +56,8 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
-    dev_f1: float
-    dev_em: float
+    dev_f1: float | None  # None for the last epoch: the evaluate stage fills it in
+    dev_em: float | None
 
 
 class DevF1Monitor(TrainerCallback):
@@ -65,8 +69,8 @@ class DevF1Monitor(TrainerCallback):
     """
 
     def __init__(self, dev_features: Any, dev_rows: list[dict[str, Any]], batch_size: int, pad_id: int,
-                 curve_path: Path | None = None, history: list[EpochRecord] | None = None):
-        self.dev_features, self.dev_rows = dev_features, dev_rows
+                 final_epoch: int, curve_path: Path | None = None, history: list[EpochRecord] | None = None):
+        self.dev_features, self.dev_rows, self.final_epoch = dev_features, dev_rows, final_epoch
         self.batch_size, self.pad_id = batch_size, pad_id
         self.curve_path = curve_path
         self.history: list[EpochRecord] = list(history or [])
@@ -75,9 +79,13 @@ class DevF1Monitor(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer signature
         if not state.is_world_process_zero:
             return
+        epoch = round(state.epoch or 0)
+        if epoch >= self.final_epoch:  # the evaluate stage scores the final model on dev
+            self._pending = EpochRecord(epoch, float("nan"), None, None)
+            return
         scores = score_split(model, self.dev_features, self.dev_rows, DecodeParams(), self.batch_size, self.pad_id)
         model.train()
-        self._pending = EpochRecord(round(state.epoch or 0), float("nan"), scores["f1"], scores["exact"])
+        self._pending = EpochRecord(epoch, float("nan"), scores["f1"], scores["exact"])
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if self._pending is not None and logs and "loss" in logs:
@@ -91,10 +99,12 @@ class DevF1Monitor(TrainerCallback):
     def _flush(self) -> None:
         rec, self._pending = self._pending, None
         self.history.append(rec)
-        mlflow.log_metrics({"train_loss": rec.train_loss, "dev_f1": rec.dev_f1, "dev_em": rec.dev_em}, step=rec.epoch)
+        dev = {"dev_f1": rec.dev_f1, "dev_em": rec.dev_em} if rec.dev_f1 is not None else {}
+        mlflow.log_metrics({"train_loss": rec.train_loss} | dev, step=rec.epoch)
         if self.curve_path is not None:
             write_json_atomic(self.curve_path, [asdict(r) for r in self.history])
-        print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}")
+        scores = f"  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}" if dev else "  (dev: scored by evaluate)"
+        print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}{scores}")
 
 
 class SaveEverySteps(TrainerCallback):
@@ -176,10 +186,10 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path: Path, params: Params,
+def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params,
               state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
     """Train (resuming from ``state_dir`` when possible), save weights + tokenizer + inference config
-    to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
+    + training curve to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
     tp, state_dir, out_dir = params.train, Path(state_dir), Path(out_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -232,7 +242,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path
         torch.distributed.broadcast_object_list(box, src=0)
         resume_from = box[0]
 
-    monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0,
+    monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0, math.ceil(tp.epochs),
                            state_dir / CURVE_FILE if is_main else None, history)
     args = TrainingArguments(
         output_dir=str(state_dir), per_device_train_batch_size=per_device_batch,
@@ -273,9 +283,9 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, curve_path
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp))  # safetensors weights + config + tokenizer
         write_json_atomic(tmp / INFERENCE_CONFIG, summary)
+        write_json_atomic(tmp / MODEL_CURVE, [asdict(r) for r in monitor.history])
     mlflow.log_metrics({"train_seconds": seconds, "train_samples_per_s": samples_per_s,
                         "train_tokens_per_s": tokens_per_s, "peak_memory_mb": peak_mb,
                         "final_train_loss": float(result.training_loss)})
-    write_json_atomic(curve_path, [asdict(r) for r in monitor.history])
     mlflow.end_run()
     return summary
