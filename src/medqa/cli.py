@@ -233,7 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from medqa.tracking import configure_tracking
 
     model = args.model or f"models:/{args.name or _params(args).register.model_name}@champion"
-    env = os.environ | {"MLFLOW_TRACKING_URI": configure_tracking()}
+    # the server starts uvicorn by name: find it beside this interpreter even when the venv is not activated
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": configure_tracking(), "PATH": path}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
            "-h", args.host, "-p", str(args.port), "-w", str(args.workers)]
     print(f"serving {model} at http://{args.host}:{args.port}/invocations", file=sys.stderr, flush=True)
