@@ -42,6 +42,17 @@ def tiny_model_dir(tmp_path_factory, packaged_tokenizer) -> Path:
     return out
 
 
+@pytest.fixture()
+def in_project(project, monkeypatch):
+    """Run inside the test module's ``project`` folder, with its own registry under ./mlruns."""
+    import mlflow
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield project
+    mlflow.set_tracking_uri(None)
+
+
 def tiny_squad_slice(split: str, articles: int) -> dict:
     """The first ``articles`` passages of a shipped split, as SQuAD v2 JSON."""
     doc = json.loads((SHIPPED / f"{split}.json").read_text(encoding="utf-8"))

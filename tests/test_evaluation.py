@@ -45,15 +45,6 @@ def project(tmp_path_factory, tiny_model_dir):
     return proj
 
 
-@pytest.fixture()
-def in_project(project, monkeypatch):
-    """Run in the project folder with its own registry under ./mlruns."""
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield project
-    mlflow.set_tracking_uri(None)
-
-
 def _stage(proj: Path, base_model: Path) -> dict:
     return evaluate_checkpoint(proj / "checkpoint", proj / "features", proj / "validated", proj / "reports",
                                str(base_model), PARAMS, model_name=NAME)

@@ -78,14 +78,6 @@ def project(tmp_path_factory, tiny_model_dir):
             os.environ["MLFLOW_TRACKING_URI"] = saved_uri
 
 
-@pytest.fixture()
-def in_project(project, monkeypatch):
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield project
-    mlflow.set_tracking_uri(None)
-
-
 def client() -> MlflowClient:
     from medqa.tracking import configure_tracking
 

@@ -160,6 +160,11 @@ def explain_precision(requested: str, info: DeviceInfo) -> tuple[str, str]:
     return "fp16", f"{info.arch} has no fast native bf16: fp16 with dynamic loss scaling"
 
 
+def to_inference_device(model: torch.nn.Module, requested: str = "auto") -> torch.nn.Module:
+    """``model`` on the detected (or requested) device, in eval mode: a ROCm or CUDA GPU when there is one."""
+    return model.to(torch.device(detect_device(requested).device)).eval()
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory instead of returning it to the OS after every step.
 

@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from medqa.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medqa.config import DecodeParams, EvaluateParams, TokenizeParams, ValidateParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits, tune_null_threshold
+from medqa.device import to_inference_device
 from medqa.errors import DataError, ModelError
 from medqa.metrics import bootstrap_ci, score_question
 
@@ -185,15 +186,6 @@ def _tuned_predictions(model: PreTrainedModel, dev: tuple, test: tuple, decode: 
     return (thr, *decide_timed(model, test[0], test[1], decode, batch_size, pad_id), dev_scores)
 
 
-def on_eval_device(model: PreTrainedModel) -> PreTrainedModel:
-    """The model on the best available device (a ROCm or CUDA GPU when there is one), in eval mode."""
-    import torch
-
-    from medqa.device import detect_device
-
-    return model.to(torch.device(detect_device("auto").device)).eval()
-
-
 @dataclass(frozen=True)
 class SavedModel:
     """A saved model with the settings recorded beside it, so it is scored exactly as it is served."""
@@ -235,7 +227,7 @@ def load_saved_model(folder: Path, decoding_file: Path | None = None) -> SavedMo
         raise ModelError(f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})") from None
     except KeyError as e:
         raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
-    return SavedModel(on_eval_device(load_qa_model(str(folder))), load_tokenizer(str(folder)), tokenize, decode,
+    return SavedModel(to_inference_device(load_qa_model(str(folder))), load_tokenizer(str(folder)), tokenize, decode,
                       threshold, settings_file)
 
 
@@ -349,7 +341,7 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     config = json.loads((model_dir / "medqa.json").read_text())
     tokenizer = load_tokenizer(str(model_dir))
     pad_id = tokenizer.pad_token_id or 0
-    model = on_eval_device(load_qa_model(str(model_dir)))
+    model = to_inference_device(load_qa_model(str(model_dir)))
     dev, test = _load_split(features_dir, validated_dir, "dev"), _load_split(features_dir, validated_dir, "test")
     test_rows = test[1]
     thr, test_dec, test_seconds, dev_scores = _tuned_predictions(model, dev, test, params.decode, params.batch_size,
@@ -361,7 +353,7 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     # Baselines on the same split in the same run.
     lexical = summarize([lexical_answer(r["question"], r["context"]) for r in test_rows], test_rows)
     set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
-    base_dec = decide(on_eval_device(load_qa_model(base_model)), test[0], test_rows, params.decode,
+    base_dec = decide(to_inference_device(load_qa_model(base_model)), test[0], test_rows, params.decode,
                       params.batch_size, pad_id)
     # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
     # bound (and one dev pass is saved).

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import decode_best_spans, predict_logits
-from medqa.device import detect_device
+from medqa.device import to_inference_device
 from medqa.errors import DataError, ModelError
 from medqa.features import build_eval_features
 from medqa.modelsource import load_tokenizer
@@ -57,7 +56,7 @@ class QAPredictor:
                 model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
         except (OSError, ValueError) as e:
             raise ModelError(f"{model_dir}: cannot load safetensors weights ({str(e).splitlines()[0]})") from None
-        self.model.to(torch.device(detect_device(device).device)).eval()
+        to_inference_device(self.model, device)
         self.batch_size = batch_size
         self.tokenize = TokenizeParams(self.settings["max_seq_length"], self.settings["doc_stride"])
         self.decode = DecodeParams(self.settings["n_best"], self.settings["max_answer_length"])

@@ -136,14 +136,11 @@ def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.
     ])
 
 
-def training_fingerprint(params: Params, features_dir: Path, validated_dir: Path) -> str:
-    """What a checkpoint must share with this run to be resumed: recipe, base model, data, code."""
+def training_fingerprint(params: Params, tok_summary: dict[str, Any], data_md5: dict[str, str]) -> str:
+    """What a checkpoint must share with this run to be resumed: recipe, base model, features, data, code."""
     parts = {
-        "train": as_dict(params.train), "base_model": params.base_model,
-        "features": (Path(features_dir) / "summary.json").read_text(),
-        "train_md5": file_md5(Path(validated_dir) / "train.jsonl"),
-        "dev_md5": file_md5(Path(validated_dir) / "dev.jsonl"),
-        "code_md5": file_md5(Path(__file__)),
+        "train": as_dict(params.train), "base_model": params.base_model, "features": tok_summary,
+        **data_md5, "code_md5": file_md5(Path(__file__)),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -164,8 +161,12 @@ def resumable_checkpoint(state_dir: Path, fingerprint: str) -> tuple[str | None,
     return None, {}
 
 
-def _epoch_of(checkpoint: str) -> float:
-    return float(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("epoch") or 0)
+def _checkpoint_progress(checkpoint: str | None) -> tuple[float, int]:
+    """(epochs done, optimizer steps done) of a Trainer checkpoint; (0, 0) when starting fresh."""
+    if checkpoint is None:
+        return 0.0, 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return float(state.get("epoch") or 0), int(state["global_step"])
 
 
 def _start_run(saved: dict[str, Any]) -> Any:
@@ -210,15 +211,11 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
     tok_summary = json.loads((Path(features_dir) / "summary.json").read_text())
     per_device_batch = max(1, tp.batch_size // world_size)
 
-    fingerprint = training_fingerprint(params, features_dir, validated_dir)
-    resume_from, saved, history = None, {}, []
+    data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl") for split in ("train", "dev")}
+    fingerprint = training_fingerprint(params, tok_summary, data_md5)
+    resume_from, saved = None, {}
     if is_main:
         resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
-        if resume_from:
-            done = _epoch_of(resume_from)
-            curve = state_dir / CURVE_FILE
-            history = [EpochRecord(**r) for r in json.loads(curve.read_text())] if curve.exists() else []
-            history = [r for r in history if r.epoch <= done]
         configure_tracking()
         run = _start_run(saved)
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -229,9 +226,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
                               {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
         mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
                          "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
-                         "world_size": str(world_size),
-                         "data_md5_train": file_md5(Path(validated_dir) / "train.jsonl"),
-                         "data_md5_dev": file_md5(Path(validated_dir) / "dev.jsonl")})
+                         "world_size": str(world_size), **data_md5})
         where = f"resuming from {resume_from}" if resume_from else "starting fresh"
         print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
               f"world size {world_size}; {where}")
@@ -241,6 +236,11 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
         box = [resume_from]
         torch.distributed.broadcast_object_list(box, src=0)
         resume_from = box[0]
+    epochs_before, steps_before = _checkpoint_progress(resume_from)
+    history: list[EpochRecord] = []
+    curve = state_dir / CURVE_FILE
+    if is_main and resume_from and curve.exists():  # the curve up to the checkpoint, not past it
+        history = [EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before]
 
     monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0, math.ceil(tp.epochs),
                            state_dir / CURVE_FILE if is_main else None, history)
@@ -257,7 +257,6 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
                       data_collator=DataCollatorWithPadding(tokenizer),
                       callbacks=[monitor, SaveEverySteps(tp.save_steps)],
                       optimizers=(build_optimizer(model, tp), None))
-    steps_before = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"] if resume_from else 0
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
