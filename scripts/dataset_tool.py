@@ -75,6 +75,8 @@ def check(passages: list[tuple[Path, dict[str, Any]]]) -> list[str]:
         for key in ("pid", "title", "kind", "topic", "context", "qas"):
             if key not in p:
                 problems.append(f"{where}: missing key {key!r}")
+        if p.get("split", "train") != "train":
+            problems.append(f"{where}: split may only pin a passage to 'train' (dev and test are dealt)")
         if p.get("kind") not in KINDS:
             problems.append(f"{where}: kind must be one of {sorted(KINDS)}")
         ctx = p.get("context", "")
@@ -131,12 +133,16 @@ def assign_splits(passages: list[dict[str, Any]]) -> dict[str, str]:
     Passages are ordered by kind (note/reference), then authoring part (each part is one topic
     area), then a hash of the pid, and dealt into the 20-slot pattern in that order, so every split
     gets the same share of notes and of each topic area, hence nearly the same question-type mix.
+    Passages pinned with ``"split": "train"`` (the growth batches, added after the first release)
+    are not dealt: they join train and leave every other passage's split, so dev and test, unchanged,
+    so learning-curve points before and after growth are scored on the same questions.
     """
     def key(p: dict[str, Any]) -> tuple[str, str, str]:
         return (p["kind"], p["pid"].split("-")[0], hashlib.sha256(p["pid"].encode()).hexdigest())
 
-    ordered = sorted(passages, key=key)
-    return {p["pid"]: SPLIT_PATTERN[i % len(SPLIT_PATTERN)] for i, p in enumerate(ordered)}
+    ordered = sorted((p for p in passages if "split" not in p), key=key)
+    dealt = {p["pid"]: SPLIT_PATTERN[i % len(SPLIT_PATTERN)] for i, p in enumerate(ordered)}
+    return dealt | {p["pid"]: p["split"] for p in passages if "split" in p}
 
 
 def to_squad(passages: list[dict[str, Any]], split: str) -> dict[str, Any]:

@@ -3,9 +3,12 @@
 #
 #   scripts/study.sh [small|full]    (from the project root, after `make setup`)
 #
-#   small  the learning curve: 25% and 50% of the training questions with the default recipe
-#          (100% is the workspace's own run: `dvc repro` first). ~15 min on a 2-core CPU.
-#   full   the curve for 3 seeds, plus the recipe grid: learning rate, head learning rate, epochs,
+#   small  the learning curve: 25% and 50% of the training questions with the default recipe, once
+#          with the same epochs and once with the same optimizer steps (epochs ×4 and ×2), so more data
+#          and more steps are told apart (100% is the workspace's own run: `dvc repro` first).
+#          ~50 min on a 2-core CPU.
+#   full   the curves for 3 seeds, the synthetic-question warm-up for 3 seeds, plus the recipe grid:
+#          learning rate, head learning rate, layer-wise learning-rate decay, epochs, learning-rate
 #          warm-up, weight decay, max_seq_length, batch size, and the paper's recipe. Hours on a CPU.
 #
 # Each experiment is a whole pipeline run (`dvc exp run --queue -S ...`), so `dvc exp show` lists
@@ -28,9 +31,13 @@ queue() {  # queue NAME OVERRIDES...
   dvc exp run --queue -n "$name" "${args[@]}"
 }
 
-curve() {  # curve SEED
+curve() {  # curve SEED: same epochs (fewer steps with less data), then same steps (epochs scaled up)
+  local epochs
+  epochs=$(python -c "from medqa.config import load_params; print(load_params().train.epochs)")
   queue "lc-025-s$1" tokenize.train_fraction=0.25 "train.seed=$1"
   queue "lc-050-s$1" tokenize.train_fraction=0.5 "train.seed=$1"
+  queue "lc-025-steps-s$1" tokenize.train_fraction=0.25 "train.epochs=$(python -c "print($epochs * 4)")" "train.seed=$1"
+  queue "lc-050-steps-s$1" tokenize.train_fraction=0.5 "train.epochs=$(python -c "print($epochs * 2)")" "train.seed=$1"
   [ "$1" = 42 ] || queue "lc-100-s$1" tokenize.train_fraction=1.0 "train.seed=$1"
 }
 
@@ -38,6 +45,8 @@ case $preset in
   small) curve 42 ;;
   full)
     for s in 42 7 1234; do curve "$s"; done
+    for s in 42 7 1234; do queue "qa-warmup-s$s" warmup.enabled=true "train.seed=$s"; done
+    queue llrd-0.8 train.layer_lr_decay=0.8
     queue paper-recipe train.learning_rate=2e-5 train.head_learning_rate=2e-5
     for lr in 1e-4 3e-4; do queue "lr-$lr" "train.learning_rate=$lr"; done
     for hlr in 1e-3 1e-2; do queue "head-lr-$hlr" "train.head_learning_rate=$hlr"; done

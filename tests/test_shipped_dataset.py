@@ -60,3 +60,19 @@ def test_shipped_splits_are_what_the_sources_build(tmp_path):
                    check=True, capture_output=True)
     for split in ("train", "dev", "test"):
         assert json.loads((out / f"{split}.json").read_text()) == load(split), split
+
+
+def test_growth_passages_pinned_to_train_leave_every_other_split_unchanged():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dataset_tool", ROOT / "scripts" / "dataset_tool.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    first_release = [{"pid": f"p0{a}-{i:03d}", "kind": "reference"} for a in (1, 2) for i in range(1, 21)]
+    grown = first_release + [{"pid": f"p0{a}-1{i:02d}", "kind": "note", "split": "train"}
+                             for a in (1, 2) for i in range(1, 6)]
+    before, after = tool.assign_splits(first_release), tool.assign_splits(grown)
+    assert {pid: after[pid] for pid in before} == before
+    assert all(after[p["pid"]] == "train" for p in grown if "split" in p)
+    problems = tool.check([(Path("x.json"), {**grown[0], "split": "test"})])
+    assert any("x.json: p01-001: split may only pin a passage to 'train'" in line for line in problems)

@@ -22,21 +22,21 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from medqa.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from medqa.config import DecodeParams, EvaluateParams, TokenizeParams, ValidateParams
+from medqa.config import DecodeParams, EvaluateParams, ValidateParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits, tune_null_threshold
 from medqa.device import to_inference_device
-from medqa.errors import DataError, ModelError
+from medqa.errors import DataError
 from medqa.metrics import bootstrap_ci, score_question
+from medqa.predictor import SavedModel, load_saved_model
 
 
 def gold_texts(row: dict[str, Any]) -> list[str]:
@@ -184,51 +184,6 @@ def _tuned_predictions(model: PreTrainedModel, dev: tuple, test: tuple, decode: 
     thr, _ = tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], _f1) if dev_dec else (0.0, 0.0)
     dev_scores = summarize([d.answer(thr) for d in dev_dec], dev[1]) if dev_dec else {}
     return (thr, *decide_timed(model, test[0], test[1], decode, batch_size, pad_id), dev_scores)
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    """A saved model with the settings recorded beside it, so it is scored exactly as it is served."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    tokenize: TokenizeParams
-    decode: DecodeParams
-    threshold: float
-    settings_file: Path
-
-
-def load_saved_model(folder: Path, decoding_file: Path | None = None) -> SavedModel:
-    """Weights (safetensors only), tokenizer and recorded decoding settings of a model folder.
-
-    The settings (windows, n-best, answer length, abstention threshold) come from ``decoding_file``,
-    by default the folder's own decoding.json, which the register stage bundles with every version.
-    A checkpoint straight from training has none: its threshold is in the evaluate stage's
-    reports/decoding.json.
-    """
-    from medqa.modelsource import load_qa_model, load_tokenizer
-    from medqa.predictor import DECODING_FILE
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"{folder}: no such model folder")
-    if not (folder / "config.json").exists():
-        raise ModelError(f"{folder}: not a saved model folder (no config.json)")
-    settings_file = Path(decoding_file) if decoding_file else folder / DECODING_FILE
-    if not settings_file.exists():
-        raise ModelError(f"{settings_file}: missing, so no recorded abstention threshold (a training checkpoint's "
-                         "is in reports/decoding.json after the evaluate stage; pass it with --decoding)")
-    try:
-        settings = json.loads(settings_file.read_text(encoding="utf-8"))
-        tokenize = TokenizeParams(int(settings["max_seq_length"]), int(settings["doc_stride"]))
-        decode = DecodeParams(int(settings["n_best"]), int(settings["max_answer_length"]))
-        threshold = float(settings["null_threshold"])
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelError(f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})") from None
-    except KeyError as e:
-        raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
-    return SavedModel(to_inference_device(load_qa_model(str(folder))), load_tokenizer(str(folder)), tokenize, decode,
-                      threshold, settings_file)
 
 
 def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str],

@@ -51,4 +51,4 @@ def load_qa_model(name: str) -> PreTrainedModel:
         return AutoModelForQuestionAnswering.from_pretrained(
             source, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
     except (OSError, ValueError) as e:
-        raise ModelError(f"{name}: cannot load model ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{name}: cannot load safetensors weights ({str(e).splitlines()[0]})") from None

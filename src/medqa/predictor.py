@@ -10,17 +10,18 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import decode_best_spans, predict_logits
 from medqa.device import to_inference_device
 from medqa.errors import DataError, ModelError
 from medqa.features import build_eval_features
-from medqa.modelsource import load_tokenizer
+from medqa.modelsource import load_qa_model, load_tokenizer
 
 DECODING_FILE = "decoding.json"
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
@@ -39,28 +40,56 @@ def max_question_tokens(tokenizer: PreTrainedTokenizerBase, tokenize: TokenizePa
             - tokenize.doc_stride - tokenize.doc_stride // 2)
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """A saved model with the settings recorded beside it, so it is scored exactly as it is served."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    tokenize: TokenizeParams
+    decode: DecodeParams
+    threshold: float
+    settings_file: Path
+
+
+def load_saved_model(folder: Path, decoding_file: Path | None = None, device: str = "auto") -> SavedModel:
+    """Weights (safetensors only), tokenizer and recorded decoding settings of a model folder.
+
+    The settings (windows, n-best, answer length, abstention threshold) come from ``decoding_file``,
+    by default the folder's own decoding.json, which the register stage bundles with every version.
+    A checkpoint straight from training has none: its threshold is in the evaluate stage's
+    reports/decoding.json.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such model folder")
+    if not (folder / "config.json").exists():
+        raise ModelError(f"{folder}: not a saved model folder (no config.json)")
+    settings_file = Path(decoding_file) if decoding_file else folder / DECODING_FILE
+    if not settings_file.exists():
+        raise ModelError(f"{settings_file}: missing, so no recorded abstention threshold (a training checkpoint's "
+                         "is in reports/decoding.json after the evaluate stage; pass it with --decoding)")
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        tokenize = TokenizeParams(int(settings["max_seq_length"]), int(settings["doc_stride"]))
+        decode = DecodeParams(int(settings["n_best"]), int(settings["max_answer_length"]))
+        threshold = float(settings["null_threshold"])
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})") from None
+    except KeyError as e:
+        raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
+    model = to_inference_device(load_qa_model(str(folder)), device)
+    return SavedModel(model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file)
+
+
 class QAPredictor:
     """A loaded model plus its decoding settings; ``predict`` takes question/context records."""
 
     def __init__(self, model_dir: Path | str, device: str = "auto", batch_size: int = 32):
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").exists():
-            raise ModelError(f"{model_dir}: not a saved model folder (no config.json)")
-        settings_file = model_dir / DECODING_FILE
-        if not settings_file.exists():
-            raise ModelError(f"{settings_file}: missing; evaluate the model first (it tunes the threshold)")
-        self.settings: dict[str, Any] = json.loads(settings_file.read_text())
-        self.tokenizer = load_tokenizer(str(model_dir))
-        try:  # safetensors only: a pickled pytorch_model.bin could run code on load
-            self.model = AutoModelForQuestionAnswering.from_pretrained(
-                model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{model_dir}: cannot load safetensors weights ({str(e).splitlines()[0]})") from None
-        to_inference_device(self.model, device)
+        saved = load_saved_model(Path(model_dir), device=device)
+        self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
+        self.tokenize, self.decode = saved.tokenize, saved.decode
         self.batch_size = batch_size
-        self.tokenize = TokenizeParams(self.settings["max_seq_length"], self.settings["doc_stride"])
-        self.decode = DecodeParams(self.settings["n_best"], self.settings["max_answer_length"])
-        self.threshold = float(self.settings["null_threshold"])
         self.max_question_tokens = max_question_tokens(self.tokenizer, self.tokenize)
 
     def problem(self, record: Any) -> str | None:

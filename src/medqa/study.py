@@ -21,10 +21,11 @@ from typing import Any
 from medqa.atomic import write_json_atomic, write_text_atomic
 
 # the knobs a study varies, as (params group, key, column header)
-KNOBS = [("tokenize", "train_fraction", "train share"), ("tokenize", "max_seq_length", "max len"),
-         ("train", "learning_rate", "lr"), ("train", "head_learning_rate", "head lr"),
-         ("train", "epochs", "epochs"), ("train", "warmup_ratio", "warm-up"),
-         ("train", "weight_decay", "wd"), ("train", "batch_size", "batch")]
+KNOBS = [("tokenize", "train_fraction", "train share"), ("train", "epochs", "epochs"),
+         ("tokenize", "max_seq_length", "max len"), ("train", "learning_rate", "lr"),
+         ("train", "head_learning_rate", "head lr"), ("train", "layer_lr_decay", "LLRD"),
+         ("train", "warmup_ratio", "lr warm-up"), ("train", "weight_decay", "wd"), ("train", "batch_size", "batch"),
+         ("warmup", "enabled", "QA warm-up")]
 
 
 def _exp_revs(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -41,9 +42,13 @@ def _exp_revs(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per experiment: its knobs, seed, and dev/test figures."""
-    rows = []
+    """One flat row per experiment: its knobs, seed, and dev/test figures. ``show`` may concatenate the
+    output of several repositories (copies of one project): a name seen twice is read once."""
+    rows, seen = [], set()
     for name, data in _exp_revs(show):
+        if name in seen:
+            continue
+        seen.add(name)
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         metrics = ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
         if "f1" not in metrics:
@@ -87,19 +92,30 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def learning_curve(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points of the largest family of runs that differ only in the share of training questions."""
+def learning_curve(groups: list[dict[str, Any]], equal_steps: bool = False) -> list[dict[str, Any]]:
+    """Points of the largest family of runs that differ only in the share of training questions.
+
+    With ``equal_steps`` the family's epochs are scaled inversely to the share (25% of the questions for
+    4× the epochs), so every point takes the same number of optimizer steps and only the amount of
+    distinct labelled data changes; otherwise every point has the same epochs (fewer steps for less data).
+    """
+    skip = {"train_fraction", "epochs"} if equal_steps else {"train_fraction"}
     families: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in groups:
-        families[tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS[1:])].append(r)
-    best = max(families.values(), key=len, default=[])
+        key = tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS if k not in skip)
+        if equal_steps:
+            key += (round((r["tokenize.train_fraction"] or 1) * (r["train.epochs"] or 0), 6),)
+        families[key].append(r)
+    best = max(families.values(), key=lambda f: len({r["tokenize.train_fraction"] for r in f}), default=[])
     return sorted(best, key=lambda r: r["tokenize.train_fraction"]) if len(best) > 1 else []
 
 
-def curve_svg(points: list[dict[str, Any]], width: int = 480, height: int = 300) -> str:
-    """A small line chart of dev and test F1 against the training share (no plotting library)."""
+def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height: int = 320) -> str:
+    """A small line chart of dev and test F1 against the training share, one solid line pair for the
+    first curve and dashed for the next (no plotting library)."""
     left, right, top, bottom = 50, 20, 20, 40
     w, h = width - left - right, height - top - bottom
+    points = [p for c in curves.values() for p in c]
     ymax = max([0.5] + [p["test_f1"] for p in points] + [p["dev_f1"] or 0 for p in points])
 
     def xy(frac: float, f1: float) -> tuple[float, float]:
@@ -118,27 +134,35 @@ def curve_svg(points: list[dict[str, Any]], width: int = 480, height: int = 300)
         v = ymax * i / 4
         _, y = xy(0, v)
         parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{v:.2f}</text>')
-    for key, colour in (("test_f1", "#1f5fa8"), ("dev_f1", "#c0392b")):
-        pts = [xy(p["tokenize.train_fraction"], p[key]) for p in points if p[key] is not None]
-        if pts:
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+    for n, (label, curve) in enumerate(curves.items()):
+        dash = ' stroke-dasharray="6 4"' if n else ""
+        for key, colour in (("test_f1", "#1f5fa8"), ("dev_f1", "#c0392b")):
+            pts = [xy(p["tokenize.train_fraction"], p[key]) for p in curve if p[key] is not None]
+            if not pts:
+                continue
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
                          + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
             parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts]
-            parts.append(f'<text x="{pts[-1][0] - 4:.1f}" y="{pts[-1][1] - 8:.1f}" text-anchor="end" '
-                         f'fill="{colour}">{key.replace("_f1", "")} F1</text>')
+            parts.append(f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - 6 - 12 * n:.1f}" fill="{colour}">'
+                         f'{key.replace("_f1", "")} F1, {label}</text>')
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
 def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
     """reports/study.md (table), study.json (rows) and study_curve.svg (learning curve, if any)."""
     groups = group_seeds(rows_from_exp_show(show))
-    curve = learning_curve(groups)
+    curves = {label: c for label, c in (("same epochs", learning_curve(groups)),
+                                        ("same steps", learning_curve(groups, equal_steps=True))) if c}
     text = ["# Recipe and learning-curve study", "",
             "DVC experiments (`scripts/study.sh`); test F1 is mean ± sd over seeds where there are several.", "",
             markdown_table(groups)]
-    if curve:
-        write_text_atomic(Path(out_dir) / "study_curve.svg", curve_svg(curve))
+    if curves:
+        write_text_atomic(Path(out_dir) / "study_curve.svg", curve_svg(curves))
         text += ["", "![learning curve](study_curve.svg)", ""]
+        for label, curve in curves.items():
+            pts = ", ".join(f"{p['tokenize.train_fraction']:.0%} × {p['train.epochs']:g} epochs → {p['test_f1']:.3f}"
+                            for p in curve)
+            text.append(f"- {label} (test F1): {pts}")
     write_text_atomic(Path(out_dir) / "study.md", "\n".join(text))
     write_json_atomic(Path(out_dir) / "study.json", groups)
     return groups
@@ -148,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medqa.study",
                                  description="Tabulate the DVC experiments of the study into reports/.")
     ap.add_argument("--out", type=Path, default=Path("reports"), help="folder for study.md/.json/_curve.svg")
-    ap.add_argument("--show-json", type=Path, help="read `dvc exp show --json` output from this file "
-                                                   "instead of running it")
+    ap.add_argument("--show-json", type=Path, nargs="+",
+                    help="read `dvc exp show --json` output from these files (e.g. one per copy of the project "
+                         "the experiments ran in) instead of running it here")
     args = ap.parse_args(argv)
     if args.show_json:
-        show = json.loads(args.show_json.read_text())
+        show = [b for f in args.show_json for b in json.loads(f.read_text())]
     else:
         res = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
         if res.returncode:
