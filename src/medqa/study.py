@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from medqa.atomic import write_json_atomic, write_text_atomic
+from medqa.config import Params, as_dict
 
-# the knobs a study varies, as (params group, key, column header)
-KNOBS = [("tokenize", "train_fraction", "train share"), ("train", "epochs", "epochs"),
+# the knobs a study varies, as (params group, key, column header); "data" is not a params group but the
+# validate stage's count of training questions, so runs on a grown dataset are never taken for seeds
+KNOBS = [("data", "train_questions", "train q"), ("tokenize", "train_fraction", "train share"), ("train", "epochs", "epochs"),
          ("tokenize", "max_seq_length", "max len"), ("train", "learning_rate", "lr"),
          ("train", "head_learning_rate", "head lr"), ("train", "layer_lr_decay", "LLRD"),
          ("train", "warmup_ratio", "lr warm-up"), ("train", "weight_decay", "wd"), ("train", "batch_size", "batch"),
          ("warmup", "enabled", "QA warm-up")]
+
+DEFAULTS = as_dict(Params())
 
 
 def _exp_revs(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -53,9 +57,11 @@ def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
         metrics = ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
         if "f1" not in metrics:
             continue
-        row = {"name": name, "seed": params.get("train", {}).get("seed")}
-        for group, key, _ in KNOBS:
-            row[f"{group}.{key}"] = params.get(group, {}).get(key)
+        validation = ((data.get("metrics") or {}).get("reports/validation.json") or {}).get("data") or {}
+        row = {"name": name, "seed": params.get("train", {}).get("seed"),
+               "data.train_questions": (validation.get("accepted_by_split") or {}).get("train")}
+        for group, key, _ in KNOBS[1:]:  # a key missing from params.yaml (older code) has its built-in default
+            row[f"{group}.{key}"] = params.get(group, {}).get(key, DEFAULTS.get(f"{group}.{key}"))
         row.update(test_f1=metrics["f1"], test_em=metrics.get("exact"), dev_f1=metrics.get("dev_f1"),
                    lead=metrics.get("lead_over_best_baseline"))
         rows.append(row)
@@ -99,7 +105,7 @@ def learning_curve(groups: list[dict[str, Any]], equal_steps: bool = False) -> l
     4× the epochs), so every point takes the same number of optimizer steps and only the amount of
     distinct labelled data changes; otherwise every point has the same epochs (fewer steps for less data).
     """
-    skip = {"train_fraction", "epochs"} if equal_steps else {"train_fraction"}
+    skip = {"train_fraction", "epochs"} if equal_steps else {"train_fraction"}  # data grown: another family
     families: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in groups:
         key = tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS if k not in skip)
