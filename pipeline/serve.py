@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from prefect.flows import EntrypointType
 from prefect.client.schemas.schedules import CronSchedule
 
+from medqa.config import load_yaml
 from pipeline.flows import medqa_pipeline
 
 DEFAULT_CRON = "0 2 * * *"
@@ -27,7 +27,7 @@ def _override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    return key, load_yaml(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,9 +72,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from medqa.config import load_yaml
+
 root, work = Path(os.environ["ROOT"]), Path(os.environ["WORK"])
 gpu = torch.cuda.is_available()
-params = yaml.safe_load((root / "params.yaml").read_text())
+params = load_yaml((root / "params.yaml").read_text())
 env = os.environ.get
 train = params["train"]
 train["epochs"] = float(env("GPU_CHECK_EPOCHS") or (train["epochs"] if gpu else 1))

@@ -7,6 +7,7 @@ value reruns exactly the stages that read it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,25 @@ import yaml
 from medqa.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``2e-05`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot ("2.0e-5"); DVC writes params with a YAML 1.2
+    dumper, so `dvc exp run -S train.learning_rate=2e-5` leaves ``learning_rate: 2e-05`` in
+    params.yaml, which plain PyYAML reads back as a string.
+    """
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse params-style YAML as DVC writes it (see _ParamsLoader)."""
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass(frozen=True)
@@ -171,7 +191,7 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
