@@ -1,4 +1,4 @@
-"""Prefect wiring for the medqa pipeline: the six DVC stages as tasks of one flow, served on a schedule.
+"""Prefect wiring for the medqa pipeline: the five DVC stages as tasks of one flow, served on a schedule.
 
 There is no stage logic here. Each task asks DVC to reproduce its own stage of dvc.yaml, so a Prefect
 run and a `dvc repro` in a terminal share one dvc.lock and one stage cache; Prefect adds schedules,

@@ -51,7 +51,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import exponential_backoff
 
-STAGES = ("validate", "tokenize", "warmup", "train", "evaluate", "register")
+STAGES = ("validate", "tokenize", "train", "evaluate", "register")
 PARAMS_FILE = "params.yaml"
 METRICS_FILE = "reports/metrics.json"            # written by the evaluate stage (dvc.yaml metrics)
 REGISTRATION_FILE = "reports/registration.json"  # written by the register stage
@@ -273,7 +273,7 @@ def _results_markdown(root: Path, statuses: dict[str, str], overrides: dict[str,
 @flow
 def medqa_pipeline(project_dir: str | None = None, overrides: dict[str, Any] | None = None, retries: int = 2,
                    retry_backoff_s: float = 30.0, lock_timeout_s: float = 3600.0) -> dict[str, str]:
-    """validate → tokenize → warmup → train → evaluate → register, each reproduced by DVC in ``project_dir``.
+    """validate → tokenize → train → evaluate → register, each reproduced by DVC in ``project_dir``.
 
     Args:
         project_dir: the DVC project (default: the current folder).

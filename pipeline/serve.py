@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides:
         parameters["overrides"] = dict(args.overrides)
     medqa_pipeline.serve(name=args.name, schedules=[schedule], parameters=parameters, limit=1, tags=["medqa"],
-                         description="validate → tokenize → warmup → train → evaluate → register, reproduced by DVC",
+                         description="validate → tokenize → train → evaluate → register, reproduced by DVC",
                          entrypoint_type=EntrypointType.MODULE_PATH)
     return 0
 

@@ -7,7 +7,7 @@
 #          with the same epochs and once with the same optimizer steps (epochs ×4 and ×2), so more data
 #          and more steps are told apart (100% is the workspace's own run: `dvc repro` first).
 #          ~50 min on a 2-core CPU.
-#   full   the curves for 3 seeds, the synthetic-question warm-up for 3 seeds, plus the recipe grid:
+#   full   the curves for 3 seeds, plus the recipe grid:
 #          learning rate, head learning rate, layer-wise learning-rate decay, epochs, learning-rate
 #          warm-up, weight decay, max_seq_length, batch size, and the paper's recipe. Hours on a CPU.
 #
@@ -45,7 +45,6 @@ case $preset in
   small) curve 42 ;;
   full)
     for s in 42 7 1234; do curve "$s"; done
-    for s in 42 7 1234; do queue "qa-warmup-s$s" warmup.enabled=true "train.seed=$s"; done
     queue llrd-0.8 train.layer_lr_decay=0.8
     queue paper-recipe train.learning_rate=2e-5 train.head_learning_rate=2e-5
     for lr in 1e-4 3e-4; do queue "lr-$lr" "train.learning_rate=$lr"; done

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-SUBCOMMANDS = ["validate", "tokenize", "warmup", "train", "evaluate", "register", "predict", "promote", "rollback", "models",
+SUBCOMMANDS = ["validate", "tokenize", "train", "evaluate", "register", "predict", "promote", "rollback", "models",
                "serve", "doctor"]
 
 

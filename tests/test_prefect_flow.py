@@ -23,7 +23,7 @@ import yaml
 from conftest import make_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "tokenize", "warmup", "train", "evaluate", "register")
+STAGES = ("validate", "tokenize", "train", "evaluate", "register")
 T = TypeVar("T")
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_flow_runs_each_stage_once_then_dvc_caches_and_a_param_reruns_only_its_s
 
     # an evaluation parameter, set as `dvc exp run -S` would, reruns evaluate and register only
     state, _ = run_flow(project_dir=str(project), retries=0, overrides={"evaluate.batch_size": 16})
-    assert state.result() == {"validate": "cached", "tokenize": "cached", "warmup": "cached", "train": "cached",
+    assert state.result() == {"validate": "cached", "tokenize": "cached", "train": "cached",
                               "evaluate": "ran", "register": "ran"}
     assert yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["batch_size"] == 16
     assert checkpoint.stat().st_mtime_ns == trained_at

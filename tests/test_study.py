@@ -49,7 +49,6 @@ def test_rows_groups_and_curve_from_exp_show(tmp_path):
                                                "lc-050-s7", "lr-1e-4"]
     assert rows_from_exp_show(SHOW + SHOW) == rows  # the same project's output twice: each run once
     assert {r["train.layer_lr_decay"] for r in rows} == {1.0}  # not in these params.yaml: the built-in default
-    assert {r["warmup.enabled"] for r in rows} == {False}
     groups = group_seeds(rows)
     half = next(g for g in groups if g["tokenize.train_fraction"] == 0.5 and g["train.epochs"] == 3)
     assert half["seeds"] == 2 and abs(half["test_f1"] - 0.22) < 1e-12 and half["test_f1_sd"] > 0

@@ -162,3 +162,24 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_
     assert runs[0].data.params["per_device_batch_size"] == "4"
     leftovers = [p.name for p in (workspace / "ddp").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_layer_lr_decay_gives_lower_layers_smaller_rates(tiny_model_dir):
+    from medqa.config import TrainParams, parse_params
+    from medqa.errors import ConfigError
+    from medqa.modelsource import load_qa_model
+    from medqa.training import build_optimizer
+
+    model = load_qa_model(str(tiny_model_dir))  # 2 layers
+    tp = TrainParams(learning_rate=1e-4, head_learning_rate=3e-3, layer_lr_decay=0.5)
+    opt = build_optimizer(model, tp)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["qa_outputs.weight"])] == pytest.approx(3e-3)
+    assert lr_of[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(5e-5)
+    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(2.5e-5)
+    flat = build_optimizer(model, TrainParams(learning_rate=1e-4, head_learning_rate=1e-4))
+    assert {g["lr"] for g in flat.param_groups} == {1e-4}
+    with pytest.raises(ConfigError, match="layer_lr_decay"):
+        parse_params({"train": {"layer_lr_decay": 0}})

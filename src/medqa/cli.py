@@ -44,21 +44,10 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"windows per split: {counts}")
 
 
-def cmd_warmup(args: argparse.Namespace) -> None:
-    from medqa.warmup import warm_up
-
-    r = warm_up(args.validated, args.out, _params(args))
-    if not r["enabled"]:
-        print("warm-up disabled (warmup.enabled: false): training starts from the base model")
-        return
-    print(f"warmed up on {r['questions']} synthetic questions ({r['windows']} windows) from {r['passages']} "
-          f"passages in {r['seconds']} s; train loss {r['train_loss']:.4f}; model in {args.out}")
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from medqa.training import fine_tune
 
-    s = fine_tune(args.features, args.validated, args.out, _params(args), args.state, args.warmup)
+    s = fine_tune(args.features, args.validated, args.out, _params(args), args.state)
     if not s:  # a torchrun worker other than rank 0: rank 0 reports
         return
     print(f"trained on {s['train_windows']} windows in {s['train_seconds']} s "
@@ -283,16 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("data/features"))
     s.set_defaults(func=cmd_tokenize)
 
-    s = sub.add_parser("warmup", help="optional: warm the base model up on synthetic questions from unlabeled text",
-                       description="With warmup.enabled: generate cloze questions whose answer is a span that recurs "
-                                   "elsewhere in the same passage (recurring-span selection, Splinter-style) from the "
-                                   "training passages and warmup.extra_text, train the base model on them, and save "
-                                   "it to --out; the train stage then starts from it. Disabled (the default): only "
-                                   "writes a marker, and training starts from the base model.")
-    s.add_argument("--validated", type=Path, default=Path("data/validated"))
-    s.add_argument("--out", type=Path, default=Path("models/warmup"))
-    s.set_defaults(func=cmd_warmup)
-
     s = sub.add_parser("train", help="fine-tune on the detected device (ROCm, CUDA, MPS or CPU)",
                        description="Fine-tune with the transformers Trainer on the detected device. Checkpoints "
                                    "go to --state every epoch (and every train.save_steps steps); a rerun resumes "
@@ -304,8 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("models/checkpoint"))
     s.add_argument("--state", type=Path, default=Path("models/train_state"),
                    help="checkpoint folder for resuming (default models/train_state)")
-    s.add_argument("--warmup", type=Path, default=Path("models/warmup"),
-                   help="the warmup stage's folder; training starts from its model when it made one")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="SQuAD v2 EM/F1, baselines, latency: the DVC stage, or any model on any data",

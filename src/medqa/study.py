@@ -26,8 +26,7 @@ from medqa.config import Params, as_dict
 KNOBS = [("data", "train_questions", "train q"), ("tokenize", "train_fraction", "train share"), ("train", "epochs", "epochs"),
          ("tokenize", "max_seq_length", "max len"), ("train", "learning_rate", "lr"),
          ("train", "head_learning_rate", "head lr"), ("train", "layer_lr_decay", "LLRD"),
-         ("train", "warmup_ratio", "lr warm-up"), ("train", "weight_decay", "wd"), ("train", "batch_size", "batch"),
-         ("warmup", "enabled", "QA warm-up")]
+         ("train", "warmup_ratio", "lr warm-up"), ("train", "weight_decay", "wd"), ("train", "batch_size", "batch")]
 
 DEFAULTS = as_dict(Params())
 

@@ -41,7 +41,6 @@ from transformers.trainer_utils import get_last_checkpoint
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, TrainParams, as_dict
 from medqa.device import detect_device, explain_precision, keep_freed_memory
-from medqa.errors import ModelError
 from medqa.evaluation import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
 from medqa.tracking import configure_tracking, file_md5, git_commit
@@ -50,20 +49,6 @@ INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction n
 STATE_FILE = "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
 CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
 MODEL_CURVE = "train_curve.json"  # beside the weights: the finished curve, completed by evaluate
-WARMUP_RECORD = "warmup.json"  # in the warmup stage's folder: whether it warmed a model up, and how
-
-
-def starting_point(warmup_dir: Path | None, params: Params) -> tuple[str, dict[str, Any]]:
-    """The model to fine-tune from: the warmup stage's model when it made one, else the base model.
-    Also returns the warm-up record (``{}`` without one), which is part of what training depends on."""
-    record_file = Path(warmup_dir) / WARMUP_RECORD if warmup_dir is not None else None
-    if record_file is None or not record_file.exists():
-        return params.base_model, {}
-    record = json.loads(record_file.read_text())
-    if record.get("enabled") and record.get("base_model") != params.base_model:
-        raise ModelError(f"{warmup_dir}: warmed up from {record.get('base_model')}, but base_model is "
-                         f"{params.base_model}; rerun the warmup stage (dvc repro)")
-    return (str(warmup_dir) if record.get("enabled") else params.base_model), record
 
 
 @dataclass
@@ -170,13 +155,10 @@ def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.
     ])
 
 
-def training_fingerprint(params: Params, tok_summary: dict[str, Any], data_md5: dict[str, str],
-                         warmup: dict[str, Any] | None = None) -> str:
-    """What a checkpoint must share with this run to be resumed: recipe, starting model (base and
-    warm-up), features, data, code."""
+def training_fingerprint(params: Params, tok_summary: dict[str, Any], data_md5: dict[str, str]) -> str:
+    """What a checkpoint must share with this run to be resumed: recipe, base model, features, data, code."""
     parts = {
-        "train": as_dict(params.train), "base_model": params.base_model, "warmup": warmup or {},
-        "features": tok_summary,
+        "train": as_dict(params.train), "base_model": params.base_model, "features": tok_summary,
         **data_md5, "code_md5": file_md5(Path(__file__)),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
@@ -225,18 +207,17 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def build_trainer(model: torch.nn.Module, tokenizer: Any, train_ds: Any, tp: TrainParams, output_dir: Path,
-                  backend: str, precision: str, world_size: int, is_main: bool, callbacks: list[TrainerCallback],
-                  checkpoints: bool) -> Trainer:
-    """The one Trainer set-up (fine-tuning and warm-up): dynamic padding, length-grouped batches, the
-    per-group optimizer, a linear schedule after warm-up, per-epoch loss logging; ``checkpoints`` adds a
-    resumable checkpoint every epoch."""
+                  backend: str, precision: str, world_size: int, is_main: bool,
+                  callbacks: list[TrainerCallback]) -> Trainer:
+    """The Trainer set-up: dynamic padding, length-grouped batches, the per-group optimizer, a linear
+    schedule after warm-up, per-epoch loss logging and a resumable checkpoint every epoch."""
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=max(1, tp.batch_size // world_size),
         learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
         warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=backend == "cpu",
         train_sampling_strategy="group_by_length", logging_strategy="epoch",
-        save_strategy="epoch" if checkpoints else "no", save_total_limit=1, eval_strategy="no",
+        save_strategy="epoch", save_total_limit=1, eval_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=not is_main,
         ddp_backend="gloo" if backend == "cpu" and world_size > 1 else None,
     )
@@ -246,10 +227,9 @@ def build_trainer(model: torch.nn.Module, tokenizer: Any, train_ds: Any, tp: Tra
 
 
 def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params,
-              state_dir: Path = Path("models/train_state"), warmup_dir: Path | None = None) -> dict[str, Any]:
-    """Train (resuming from ``state_dir`` when possible) from the base model, or from the warmup
-    stage's model in ``warmup_dir`` when it made one; save weights + tokenizer + inference config +
-    training curve to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
+              state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
+    """Train (resuming from ``state_dir`` when possible), save weights + tokenizer + inference config
+    + training curve to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
     tp, state_dir, out_dir = params.train, Path(state_dir), Path(out_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -261,9 +241,8 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
     if is_main:  # folders a killed run left half-written (see atomic_dir) are never reused
         for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    start_from, warmup = starting_point(warmup_dir, params)
     tokenizer = load_tokenizer(params.base_model)
-    model = load_qa_model(start_from)
+    model = load_qa_model(params.base_model)
     train_ds = load_from_disk(str(Path(features_dir) / "train"))
     dev_path = Path(features_dir) / "dev"
     dev_features = load_from_disk(str(dev_path)).to_list() if dev_path.exists() else []
@@ -272,7 +251,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
     per_device_batch = max(1, tp.batch_size // world_size)
 
     data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl") for split in ("train", "dev")}
-    fingerprint = training_fingerprint(params, tok_summary, data_md5, warmup)
+    fingerprint = training_fingerprint(params, tok_summary, data_md5)
     resume_from, saved = None, {}
     if is_main:
         resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
@@ -283,13 +262,11 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
         if not resume_from:
             mlflow.log_params(as_dict(params.train) | {"base_model": params.base_model, "world_size": world_size,
                                                        "per_device_batch_size": per_device_batch} |
-                              {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()} |
-                              {f"warmup.{k}": v for k, v in as_dict(params.warmup).items()} |
-                              {"warmup.questions": warmup.get("questions", 0)})
+                              {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
         mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
                          "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
                          "world_size": str(world_size), **data_md5})
-        where = f"resuming from {resume_from}" if resume_from else f"starting fresh from {start_from}"
+        where = f"resuming from {resume_from}" if resume_from else "starting fresh"
         print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
               f"world size {world_size}; {where}")
     if world_size > 1:
@@ -307,7 +284,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
     monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0, math.ceil(tp.epochs),
                            state_dir / CURVE_FILE if is_main else None, history)
     trainer = build_trainer(model, tokenizer, train_ds, tp, state_dir, info.backend, precision, world_size,
-                            is_main, [monitor, SaveEverySteps(tp.save_steps)], checkpoints=True)
+                            is_main, [monitor, SaveEverySteps(tp.save_steps)])
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
@@ -328,7 +305,6 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
         "samples_per_s": round(samples_per_s, 3), "tokens_per_s": round(tokens_per_s, 1),
         "peak_memory_mb": round(peak_mb, 1), "resumed_from_step": steps_before,
         "final_train_loss": float(result.training_loss),
-        "warmup_questions": warmup.get("questions", 0),
         "max_seq_length": tok_summary["max_seq_length"], "doc_stride": tok_summary["doc_stride"],
     }
     with atomic_dir(out_dir) as tmp:
