@@ -148,7 +148,8 @@ def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height:
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
                          + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
             parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts]
-            parts.append(f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - 6 - 12 * n:.1f}" fill="{colour}">'
+            lift = 6 + 12 * n + (12 if key == "dev_f1" else 0)  # keep the four labels apart
+            parts.append(f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - lift:.1f}" fill="{colour}">'
                          f'{key.replace("_f1", "")} F1, {label}</text>')
     return "\n".join(parts + ["</svg>"]) + "\n"
 
