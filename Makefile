@@ -36,4 +36,4 @@ paper-recipe: setup
 	dvc exp remove paper-recipe >/dev/null 2>&1 || true
 	python -c "from medqa.tracking import configure_tracking; configure_tracking()" >/dev/null
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db dvc exp run --temp -n paper-recipe $(PAPER_RECIPE)
-	dvc exp show --only-changed --drop 'Created|State|Executor'
+	dvc exp show --only-changed --drop 'Created|State|Executor|by_type\..*|has_ans_.*'
