@@ -206,26 +206,6 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build_trainer(model: torch.nn.Module, tokenizer: Any, train_ds: Any, tp: TrainParams, output_dir: Path,
-                  backend: str, precision: str, world_size: int, is_main: bool,
-                  callbacks: list[TrainerCallback]) -> Trainer:
-    """The Trainer set-up: dynamic padding, length-grouped batches, the per-group optimizer, a linear
-    schedule after warm-up, per-epoch loss logging and a resumable checkpoint every epoch."""
-    args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=max(1, tp.batch_size // world_size),
-        learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
-        warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=backend == "cpu",
-        train_sampling_strategy="group_by_length", logging_strategy="epoch",
-        save_strategy="epoch", save_total_limit=1, eval_strategy="no",
-        report_to="none", dataloader_num_workers=0, disable_tqdm=not is_main,
-        ddp_backend="gloo" if backend == "cpu" and world_size > 1 else None,
-    )
-    return Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                   data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks,
-                   optimizers=(build_optimizer(model, tp), None))
-
-
 def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params,
               state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
     """Train (resuming from ``state_dir`` when possible), save weights + tokenizer + inference config
@@ -283,8 +263,19 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
 
     monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0, math.ceil(tp.epochs),
                            state_dir / CURVE_FILE if is_main else None, history)
-    trainer = build_trainer(model, tokenizer, train_ds, tp, state_dir, info.backend, precision, world_size,
-                            is_main, [monitor, SaveEverySteps(tp.save_steps)])
+    args = TrainingArguments(
+        output_dir=str(state_dir), per_device_train_batch_size=per_device_batch,
+        learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
+        warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=info.backend == "cpu",
+        train_sampling_strategy="group_by_length", logging_strategy="epoch", save_strategy="epoch",
+        save_total_limit=1, eval_strategy="no", report_to="none", dataloader_num_workers=0,
+        disable_tqdm=not is_main, ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      callbacks=[monitor, SaveEverySteps(tp.save_steps)],
+                      optimizers=(build_optimizer(model, tp), None))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
