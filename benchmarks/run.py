@@ -147,7 +147,7 @@ def section_training(b: Bench) -> list[Row]:
                    f"windows of {b.max_len} tokens with stride {b.stride}. Figures are medians over the optimizer "
                    f"steps after {warmup}, each timed from the previous step's end (collation, forward, backward, "
                    f"optimizer); examples are training windows. Dev F1: {len(dev)} dev questions, both models "
-                   "scored by medqa.evaluation.score_split.")
+                   "scored by medqa.scoring.score_split.")
     b.notes.append("FLOP/s counts useful work only, real tokens x (6 x non-embedding parameters + 12 x layers x "
                    "hidden x mean real length for attention); the reference also computes its padding, which is "
                    "not counted.")
@@ -174,7 +174,7 @@ def section_training(b: Bench) -> list[Row]:
 def section_inference(b: Bench) -> list[Row]:
     """2. QAPredictor vs pipeline("question-answering") on one copy of the weights."""
     from benchmarks.inference_bench import prepare_model, run_ours, run_reference
-    from medqa.evaluation import gold_texts
+    from medqa.scoring import gold_texts
     from medqa.metrics import score_question
 
     p = b.preset

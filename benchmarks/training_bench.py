@@ -134,7 +134,7 @@ def training_flops_per_token(model: Any, mean_length: float) -> float:
 
 def _dev_f1(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: Any) -> float:
     """Dev F1 with medqa's own windows, decoding and threshold tuning, identical for both models."""
-    from medqa.evaluation import score_split
+    from medqa.scoring import score_split
     from medqa.features import build_eval_features
 
     features = build_eval_features(tokenizer, rows, params.tokenize)

@@ -51,6 +51,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import exponential_backoff
 
+from medqa.reports import figure
+
 STAGES = ("validate", "tokenize", "train", "evaluate", "register")
 PARAMS_FILE = "params.yaml"
 METRICS_FILE = "reports/metrics.json"            # written by the evaluate stage (dvc.yaml metrics)
@@ -257,12 +259,13 @@ def _results_markdown(root: Path, statuses: dict[str, str], overrides: dict[str,
     # Both reports are outputs of stages that just succeeded or were verified unchanged by DVC: they exist.
     metrics = json.loads((root / METRICS_FILE).read_text(encoding="utf-8"))
     registration = json.loads((root / REGISTRATION_FILE).read_text(encoding="utf-8"))
-    lo, hi = metrics["f1_ci95"]
-    lines += ["", "| test metric | value |", "|---|---|", f"| EM | {metrics['exact']:.4f} |",
-              f"| F1 | {metrics['f1']:.4f} |", f"| F1 95% CI (n={metrics['n']}) | {lo:.4f} – {hi:.4f} |"]
-    lines += [f"| baseline {name} F1 | {f1:.4f} |" for name, f1 in metrics["baselines_f1"].items()]
+    lo, hi = metrics.get("f1_ci95") or (None, None)
+    lines += ["", "| test metric | value |", "|---|---|", f"| EM | {figure(metrics['exact'])} |",
+              f"| F1 | {figure(metrics['f1'])} |",
+              f"| F1 95% CI (n={metrics['n']}) | {figure(lo)} – {figure(hi)} |"]
+    lines += [f"| baseline {name} F1 | {figure(f1)} |" for name, f1 in metrics["baselines_f1"].items()]
     lines.append(f"| lead over best baseline ({metrics['best_baseline']}) | "
-                 f"{metrics['lead_over_best_baseline']:+.4f} |")
+                 f"{figure(metrics['lead_over_best_baseline'], '+.4f')} |")
     champion = "became @champion" if registration["promoted"] else "did not become @champion"
     when = " (an earlier run's: register was cached)" if statuses["register"] == "cached" else ""
     lines += ["", f"Registered `{registration['model_name']}` v{registration['version']}{when}: {champion} — "

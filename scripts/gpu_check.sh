@@ -112,7 +112,7 @@ run validate medqa validate --raw "$WORK/raw" --out "$WORK/validated" \
   --rejected "$WORK/reports/rejected.jsonl" --report "$WORK/reports/validation.json"
 run tokenize medqa tokenize --validated "$WORK/validated" --out "$WORK/features"
 train_args=(--params "$WORK/params.yaml" train --features "$WORK/features" --validated "$WORK/validated"
-            --out "$WORK/models/checkpoint" --curve "$WORK/reports/train_curve.json" --state "$WORK/train_state")
+            --out "$WORK/models/checkpoint" --state "$WORK/train_state")
 if [ "$NPROC" -gt 1 ]; then
   run train "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m medqa "${train_args[@]}"
 else
@@ -153,7 +153,7 @@ print(f"gpu_check: trained {summary['train_windows']} windows x {tp.epochs:g} ep
       f"{summary['train_seconds']} s: {summary['windows_per_s']} windows/s{extra}")
 print(f"gpu_check: test F1 {summary['test_f1']:.4f}, EM {summary['test_em']:.4f} (n={summary['test_n']}); "
       f"best baseline F1 {summary['best_baseline_f1']:.4f}; dev F1 by epoch "
-      + " / ".join(f"{f:.3f}" for f in summary["dev_f1_by_epoch"]))
+      + " / ".join("n/a" if f is None else f"{f:.3f}" for f in summary["dev_f1_by_epoch"]))
 problems = []
 if not (isinstance(summary["test_f1"], float) and 0 <= summary["test_f1"] <= 1 and not math.isnan(summary["test_f1"])):
     problems.append(f"test F1 is not a number in [0, 1]: {summary['test_f1']!r}")

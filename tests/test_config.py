@@ -80,3 +80,63 @@ def test_params_as_dvc_writes_them_load(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     assert (params.train.learning_rate, params.train.head_learning_rate) == (2e-5, 3e-3)
     assert load_yaml("a: 1e3\nb: '2e-05'\nc: 1.5\nd: 12") == {"a": 1000.0, "b": "2e-05", "c": 1.5, "d": 12}
+
+
+@pytest.mark.parametrize("group,key,value,expected", [
+    ("train", "seed", -1, r"train\.seed: must be >= 0 and < 2\*\*32, got -1"),
+    ("train", "seed", 2**32, r"train\.seed: must be >= 0 and < 2\*\*32, got 4294967296"),
+    ("train", "seed", 1.5, r"train\.seed: expected int, got float 1\.5"),
+    ("train", "weight_decay", -0.01, r"train\.weight_decay: must be >= 0, got -0\.01"),
+    ("train", "warmup_ratio", 5, r"train\.warmup_ratio: must be >= 0 and < 1, got 5"),
+    ("train", "warmup_ratio", 1, r"train\.warmup_ratio: must be >= 0 and < 1, got 1"),
+    ("train", "warmup_ratio", -0.1, r"train\.warmup_ratio: must be >= 0 and < 1, got -0\.1"),
+    ("train", "batch_size", 0, r"train\.batch_size: must be > 0, got 0"),
+    ("train", "epochs", 0, r"train\.epochs: must be > 0, got 0"),
+    ("train", "head_learning_rate", -1e-3, r"train\.head_learning_rate: must be > 0"),
+    ("train", "learning_rate", float("nan"), r"train\.learning_rate: must be a finite number, got nan"),
+    ("train", "epochs", float("inf"), r"train\.epochs: must be a finite number, got inf"),
+    ("evaluate", "batch_size", 0, r"evaluate\.batch_size: must be > 0, got 0"),
+    ("evaluate", "bootstrap_samples", 0, r"evaluate\.bootstrap_samples: must be > 0, got 0"),
+    ("tokenize", "max_seq_length", 0, r"tokenize\.max_seq_length: must be > 0"),
+    ("tokenize", "doc_stride", -1, r"tokenize\.doc_stride: must be >= 0 and < max_seq_length/2"),
+    ("register", "min_f1", 30, r"register\.min_f1: must be in \[0, 1\] \(F1 as a share, not a percentage\)"),
+    ("validate", "repair", "yes", r"validate\.repair: expected bool, got str 'yes'"),
+])
+def test_out_of_range_values_name_the_key(group, key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_params({group: {key: value}})
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "models:/x", "x@champion", "-lead", ".hidden", "a b", "ünï",
+                                  "name\n"])
+def test_model_name_must_be_a_registered_model_name(name):
+    with pytest.raises(ConfigError, match=r"register\.model_name: must start with a letter or digit .* got"):
+        parse_params({"register": {"model_name": name}})
+
+
+def test_edge_values_that_are_fine_load():
+    p = parse_params({"train": {"seed": 0, "weight_decay": 0, "warmup_ratio": 0, "batch_size": 1},
+                      "evaluate": {"bootstrap_samples": 1}, "validate": {"repair": False},
+                      "register": {"model_name": "AMD_qa-2.v1", "min_f1": 1}})
+    assert (p.train.seed, p.train.warmup_ratio, p.validate.repair) == (0, 0.0, False)
+    assert p.register.model_name == "AMD_qa-2.v1"
+    assert Params().validate.repair is True
+
+
+def test_duplicate_yaml_key_names_the_key_and_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  seed: 1\n  epochs: 2\n  seed: 3\nevaluate:\n  batch_size: 8\n")
+    expected = r"params\.yaml: duplicate key train\.seed at line 4 \(first at line 2\)$"
+    with pytest.raises(ConfigError, match=expected):
+        load_params(f)
+    f.write_text("train:\n  seed: 1\nevaluate:\n  decode:\n    n_best: 5\n    n_best: 6\n")
+    with pytest.raises(ConfigError, match=r"duplicate key evaluate\.decode\.n_best at line 6"):
+        load_params(f)
+    f.write_text("train:\n  seed: 1\nvalidate: {}\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key train at line 4 \(first at line 1\)"):
+        load_params(f)
+
+
+def test_yaml_merge_keys_are_not_duplicates():
+    assert load_yaml("base: &b {seed: 1, epochs: 2}\ntrain:\n  <<: *b\n  seed: 3\n")["train"] == {"seed": 3,
+                                                                                                 "epochs": 2}

@@ -1,5 +1,6 @@
 """The validate stage: formats in, every bad row named, accounting always adds up, atomic outputs."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def write_splits(folder: Path, train, dev=None, test=None):
     return folder
 
 
-def run(tmp_path, raw, on_invalid="fail"):
-    params = ValidateParams(on_invalid=on_invalid)
+def run(tmp_path, raw, on_invalid="fail", repair=True):
+    params = ValidateParams(on_invalid=on_invalid, repair=repair)
     return validate_squad_records(raw, tmp_path / "validated", tmp_path / "rejected.jsonl",
                                   tmp_path / "validation.json", params)
 
@@ -51,7 +52,7 @@ def test_good_squad_folder_is_accepted_with_splits_from_file_names(tmp_path):
 
 
 def test_bad_span_fails_with_file_row_id_and_reason(tmp_path):
-    raw = write_splits(tmp_path / "raw", squad([qa("a1"), qa("bad", start=3)]))
+    raw = write_splits(tmp_path / "raw", squad([qa("a1"), qa("bad", start=9999)]))  # too far off to repair
     with pytest.raises(DataError) as err:
         run(tmp_path, raw)
     msg = str(err.value)
@@ -171,7 +172,7 @@ def test_several_gold_answers_are_kept_and_each_is_checked(tmp_path):
     bad = qa("a2", "Which two targets?")
     bad["answers"].append({"text": "VEGF-A", "answer_start": 0})  # second answer points at the wrong place
     raw = write_splits(tmp_path / "raw", squad([good, bad]))
-    s = run(tmp_path, raw, on_invalid="drop")
+    s = run(tmp_path, raw, on_invalid="drop", repair=False)  # repair would move it to the VEGF-A at 22
     assert s.failures_by_check == {"answer_span_matches_context": 1}
     assert read_out(tmp_path, "train")[0]["answers"] == good["answers"]
 
@@ -299,15 +300,32 @@ BAD_ROWS = {
 }
 
 
+REPAIRED = {"answer_has_edge_whitespace": ["a1", "a2"], "answer_span_matches_context": ["a1"],
+            "duplicate_question_on_context": ["a2"]}  # of BAD_ROWS, the ids that validate.repair repairs
+
+
 @pytest.mark.parametrize("check", sorted(BAD_ROWS))
 def test_each_check_names_its_bad_rows(tmp_path, check):
     train, dev, bad_ids = BAD_ROWS[check]
     raw = write_splits(tmp_path / "raw", squad(train), dev=squad(dev) if dev else None)
-    s = run(tmp_path, raw, on_invalid="drop")
+    s = run(tmp_path, raw, on_invalid="drop", repair=False)
     rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rejected] == bad_ids
     assert all(r["reasons"] == [check] for r in rejected), rejected
     assert s.rows_in == sum(s.accepted.values()) + s.rejected
+
+
+@pytest.mark.parametrize("check", sorted(BAD_ROWS))
+def test_with_repair_only_the_unrepairable_bad_rows_are_rejected(tmp_path, check):
+    train, dev, bad_ids = BAD_ROWS[check]
+    raw = write_splits(tmp_path / "raw", squad(train), dev=squad(dev) if dev else None)
+    s = run(tmp_path, raw, on_invalid="drop")
+    rejected = [json.loads(line)["id"] for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    repaired = REPAIRED.get(check, [])
+    assert rejected == [i for i in bad_ids if i not in repaired]
+    repairs = [json.loads(line) for line in (tmp_path / "repairs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in repairs] == repaired
+    assert s.rows_in == sum(s.accepted.values()) + sum(s.repaired.values()) + s.rejected
 
 
 def test_context_check_and_length_limits(tmp_path):
@@ -377,7 +395,7 @@ def test_fail_mode_summary_counts_checks_and_shows_first_rows(tmp_path):
     bad = [qa(f"b{i}", f"Question {i}?", start=1) for i in range(12)] + [qa("b0", "Again?")]
     raw = write_splits(tmp_path / "raw", squad(bad))
     with pytest.raises(DataError) as err:
-        run(tmp_path, raw)
+        run(tmp_path, raw, repair=False)
     lines = str(err.value).splitlines()
     assert lines[0] == "13 of 15 rows failed validation:"
     assert lines[1:3] == ["  answer_span_matches_context: 12", "  id:unique_id: 2"]
@@ -424,3 +442,125 @@ def test_corrupt_hf_folder_is_one_line(tmp_path):
     with pytest.raises(DataError, match="cannot load the saved dataset") as err:
         read_qa_records(tmp_path / "hf")
     assert "\n" not in str(err.value)
+
+
+# --- folders as they come: suffix case, gzip, stray files, missing splits; text that is not Unicode ---
+
+def flat_rows(context, text, prefix):
+    return [{"id": f"{prefix}1", "question": f"What is in {prefix}?", "context": context, "answer_text": text,
+             "answer_start": context.index(text)}]
+
+
+def test_suffixes_in_any_case_and_gzip_files_are_read(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.JSON").write_text(json.dumps(squad([qa("a1")])))
+    (raw / "extra_train.jsonl.gz").write_bytes(gzip.compress(
+        "".join(json.dumps(r) + "\n" for r in flat_rows(LONG, "wet AMD", "j")).encode()))
+    (raw / "dev.CSV.GZ").write_bytes(gzip.compress(pd.DataFrame(flat_rows(CTX2, "monthly", "c")).to_csv(
+        index=False).encode()))
+    (raw / "test.json.gz").write_bytes(gzip.compress(json.dumps(
+        squad([qa("t1", "What kind of AMD is it?", "late dry form", context=CTX3)], CTX3)).encode()))
+    pd.DataFrame(flat_rows(LONG + " More.", "wet AMD", "p")).to_parquet(raw / "more_train.Parquet")
+    s = run(tmp_path, raw)
+    assert s.rejected == 0 and s.accepted == {"train": 3, "dev": 1, "test": 1}
+    recs = read_qa_records(raw)
+    assert dict(zip(recs["id"], recs["split"])) == {"c1": "dev", "j1": "train", "p1": "train", "a1": "train",
+                                                    "t1": "test"}
+
+
+@pytest.mark.parametrize("content,expected", [(b"not gzip at all", "not a valid gzip file"),
+                                              (b"\x1f\x8b\x08\x00", "not a valid gzip file"),
+                                              (gzip.compress(b""), "empty file")])
+def test_broken_gzip_is_one_line(tmp_path, content, expected):
+    f = tmp_path / "train.json.gz"
+    f.write_bytes(content)
+    with pytest.raises(DataError, match=expected) as err:
+        read_qa_records(f)
+    assert str(err.value).startswith(str(f)) and "\n" not in str(err.value)
+
+
+def test_unknown_files_in_a_data_folder_are_named_and_readmes_and_hidden_files_ignored(tmp_path):
+    raw = write_splits(tmp_path / "raw", squad([qa("a1")]))
+    for name in ("README.md", "readme.txt", "LICENSE", ".gitkeep", ".DS_Store"):
+        (raw / name).write_text("not data")
+    (raw / ".cache").mkdir()
+    assert run(tmp_path, raw).accepted == {"train": 1, "dev": 1, "test": 1}
+    (raw / "extra_train.tsv").write_text("id\tquestion\n")
+    (raw / "notes").mkdir()
+    with pytest.raises(DataError) as err:
+        read_qa_records(raw)
+    msg = str(err.value)
+    assert msg.startswith(f"{raw}: cannot read extra_train.tsv, notes/: a data folder holds .json, .jsonl")
+    assert "\n" not in msg and "README" in msg
+
+
+def test_a_single_file_of_unknown_format_names_the_formats(tmp_path):
+    f = tmp_path / "train.txt"
+    f.write_text("x")
+    with pytest.raises(DataError, match=r"train\.txt: unknown format: expected \.json, \.jsonl"):
+        read_qa_records(f)
+
+
+@pytest.mark.parametrize("names,missing", [
+    (["train.json", "dev.json"], "no test split"),
+    (["train.json", "test.json"], "no dev split"),
+    (["train.json"], "no dev or test split"),
+    (["holdout.json"], "no train or dev or test split"),
+])
+def test_data_that_names_its_splits_must_name_all_three(tmp_path, names, missing):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    contexts = iter([CTX, CTX2, CTX3])
+    for name in names:
+        context = next(contexts)
+        text = context.split()[0]
+        (raw / name).write_text(json.dumps(squad([qa(name, "What?", text, context=context)], context,
+                                                 split="holdout" if name == "holdout.json" else None)))
+    with pytest.raises(DataError) as err:
+        run(tmp_path, raw)
+    msg = str(err.value)
+    assert msg.startswith(f"{raw}: {missing}:") and "\n" not in msg and "a hash of the context" in msg
+    assert not (tmp_path / "validated").exists()
+    assert len(read_qa_records(raw)) == len(names), "an evaluation file may name one split only"
+
+
+def test_data_that_names_no_split_is_split_by_a_hash_of_the_context(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    contexts = [f"Anti-VEGF injection number {i} was given for wet AMD." for i in range(40)]
+    for part in range(2):  # two files, neither named after a split
+        paragraphs = [{"context": c, "qas": [qa(f"q{i}", "Why was it given?", "wet AMD", context=c)]}
+                      for i, c in enumerate(contexts) if i % 2 == part]
+        doc = {"data": [{"title": "t", "paragraphs": paragraphs}]}
+        (raw / f"part{part}.json").write_text(json.dumps(doc))
+    s = run(tmp_path, raw)
+    assert s.rejected == 0 and all(n > 0 for n in s.accepted.values()) and sum(s.accepted.values()) == 40
+
+
+@pytest.mark.parametrize("field", ["question", "context", "id", "answer"])
+def test_lone_surrogate_is_one_line_naming_file_and_row(tmp_path, field):
+    row = qa("a1")
+    context = CTX
+    if field == "context":
+        context = CTX + " \ud800"
+    elif field == "answer":
+        row["answers"].append({"text": "\udfff", "answer_start": 0})
+    else:
+        row[field] = "What\ud800?"
+    raw = write_splits(tmp_path / "raw", squad([row], context))
+    with pytest.raises(DataError) as err:
+        run(tmp_path, raw)
+    msg = str(err.value)
+    name = "answers" if field == "answer" else field
+    code = "U+DFFF" if field == "answer" else "U+D800"
+    assert msg == (f"{raw / 'train.json'} data[0].paragraphs[0].qas[0]: {name} holds a lone surrogate "
+                   f"{code}, which is not Unicode text; fix the escape at the source")
+
+
+def test_lone_surrogate_in_a_jsonl_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    good = {"id": "r1", "question": "ok?", "context": "c", "answer_text": "", "answer_start": ""}
+    f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "r2", "question": "bad \ud800"}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl row 2: question holds a lone surrogate U\+D800"):
+        read_qa_records(f)

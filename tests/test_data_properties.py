@@ -1,5 +1,6 @@
 """Property tests for the validate stage: random malformed records and files never raise anything but
-DataError, and in drop mode every row read is either accepted or rejected (rows_in == accepted + rejected).
+DataError, and in drop mode every row read is accepted, repaired or rejected
+(rows_in == accepted + repaired + rejected), with every answer written an exact span of its context.
 
 Examples are kept small (few rows, short texts, ~50 examples per property) so the file runs in seconds.
 """
@@ -7,6 +8,7 @@ Examples are kept small (few rows, short texts, ~50 examples per property) so th
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medqa.atomic import read_jsonl
 from medqa.config import ValidateParams
 from medqa.data import read_qa_records, validate_squad_records
 from medqa.errors import DataError
@@ -26,6 +29,14 @@ CONTEXTS = ["Faricimab blocks both VEGF-A and angiopoietin-2.",
             "Geographic atrophy is the late dry form of AMD.",
             " spaces  around\tand\u00a0odd\u2028breaks ", ""]
 NAMES = ["train.json", "dev.json", "test.json", "extra.json", "train.jsonl", "validation.csv", "d.parquet"]
+# a well-formed question per split, added beside random files so that the run gets past the check that
+# data naming its splits names all three, to the rows themselves
+FILLERS = {
+    f"filler_{split}.json": {"data": [{"title": "f", "paragraphs": [{
+        "context": f"Filler passage for the {split} split.",
+        "qas": [{"id": f"filler-{split}", "question": "Which split?",
+                 "answers": [{"text": split, "answer_start": len("Filler passage for the ")}]}]}]}]}
+    for split in ("train", "dev", "test")}
 
 short_text = st.text(max_size=12)
 scalar = st.none() | st.booleans() | st.integers(-5, 60) | st.floats(allow_nan=True) | short_text
@@ -96,22 +107,35 @@ def refuse_non_json(constant: str) -> None:
     raise AssertionError(f"{constant} in an output file")
 
 
-def accounting_holds(raw: Path, out: Path) -> None:
+def add_fillers(raw: Path) -> None:
+    for name, doc in FILLERS.items():
+        (raw / name).write_text(json.dumps(doc), encoding="utf-8")
+
+
+def accounting_holds(raw: Path, out: Path, repair: bool = True) -> None:
     """Validate ``raw`` in drop mode: a DataError is fine; otherwise every row is accounted for."""
     try:
         s = validate_squad_records(raw, out / "validated", out / "rejected.jsonl", out / "report.json",
-                                   ValidateParams(on_invalid="drop"))
+                                   ValidateParams(on_invalid="drop", repair=repair))
     except DataError:
         return
-    assert s.rows_in == sum(s.accepted.values()) + s.rejected
+    assert s.rows_in == sum(s.accepted.values()) + sum(s.repaired.values()) + s.rejected
+    files = [*(out / "validated").glob("*.jsonl"), out / "rejected.jsonl", out / "repairs.jsonl"]
     lines = {p.name: [line for line in p.read_text(encoding="utf-8").split("\n") if line]  # not splitlines: U+2028
-             for p in [*(out / "validated").glob("*.jsonl"), out / "rejected.jsonl"]}
-    assert {split: len(lines[f"{split}.jsonl"]) for split in s.accepted} == s.accepted
+             for p in files}
+    assert {split: len(lines[f"{split}.jsonl"]) for split in s.written} == s.written
+    assert sum(s.written.values()) == sum(s.accepted.values()) + sum(s.repaired.values()) - s.merged
     assert len(lines["rejected.jsonl"]) == s.rejected
+    assert len(lines["repairs.jsonl"]) == sum(s.repairs_by_kind.values())
+    assert repair or not lines["repairs.jsonl"]
     for line in (line for file_lines in lines.values() for line in file_lines):
         json.loads(line, parse_constant=refuse_non_json)
+    for split in s.written:
+        for row in map(json.loads, lines[f"{split}.jsonl"]):
+            for a in row["answers"]:
+                assert row["context"][a["answer_start"]:a["answer_start"] + len(a["text"])] == a["text"]
     report = json.loads((out / "report.json").read_text())
-    assert report["rows_in"] == report["accepted"] + report["rejected"]
+    assert report["rows_in"] == report["accepted"] + report["repaired"] + report["rejected"]
 
 
 def in_tmp(fn: Callable[[Path], None]) -> None:
@@ -121,27 +145,33 @@ def in_tmp(fn: Callable[[Path], None]) -> None:
 
 
 @SETTINGS
-@given(docs=st.lists(st.tuples(st.sampled_from(NAMES[:4]), squad_doc()), min_size=1, max_size=3))
-def test_random_squad_files_only_raise_data_error_and_rows_add_up(docs):
+@given(docs=st.lists(st.tuples(st.sampled_from(NAMES[:4]), squad_doc()), min_size=1, max_size=3),
+       fill=st.booleans(), repair=st.booleans())
+def test_random_squad_files_only_raise_data_error_and_rows_add_up(docs, fill, repair):
     def check(tmp: Path) -> None:
         raw = tmp / "raw"
         raw.mkdir()
         for name, doc in docs:
             (raw / name).write_text(json.dumps(doc), encoding="utf-8")
+        if fill:
+            add_fillers(raw)
         try:
             read_qa_records(raw)
         except DataError:
             pass
-        accounting_holds(raw, tmp)
+        accounting_holds(raw, tmp, repair)
 
     in_tmp(check)
 
 
 @SETTINGS
-@given(rows=flat_rows(), fmt=st.sampled_from(["jsonl", "csv", "parquet"]), name=st.sampled_from(["train", "d"]))
-def test_random_flat_files_only_raise_data_error_and_rows_add_up(rows, fmt, name):
+@given(rows=flat_rows(), fmt=st.sampled_from(["jsonl", "csv", "parquet"]),
+       name=st.sampled_from(["train", "d"]), fill=st.booleans())
+def test_random_flat_files_only_raise_data_error_and_rows_add_up(rows, fmt, name, fill):
     def check(tmp: Path) -> None:
-        f = tmp / f"{name}.{fmt}"
+        raw = tmp / "raw"
+        raw.mkdir()
+        f = raw / f"{name}.{fmt}"
         df = pd.DataFrame(rows)
         if fmt == "jsonl":
             f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -149,7 +179,9 @@ def test_random_flat_files_only_raise_data_error_and_rows_add_up(rows, fmt, name
             df.to_csv(f, index=False)
         else:
             df.astype(str).to_parquet(f)
-        accounting_holds(f, tmp)
+        if fill:
+            add_fillers(raw)
+        accounting_holds(raw if fill else f, tmp)
 
     in_tmp(check)
 
@@ -174,7 +206,7 @@ def test_random_bytes_only_raise_data_error(content, suffix):
 @given(lines=st.lists(junk.map(json.dumps) | short_text, max_size=4))
 def test_random_jsonl_lines_only_raise_data_error(lines):
     def check(tmp: Path) -> None:
-        f = tmp / "train.jsonl"
+        f = tmp / "d.jsonl"  # no split in the name: a hash of the context splits what can be read
         f.write_text("\n".join(lines), encoding="utf-8")
         accounting_holds(f, tmp)
 
@@ -202,11 +234,13 @@ def valid_squad(draw: st.DrawFn) -> dict[str, Any]:
 @given(doc=valid_squad())
 def test_well_formed_squad_is_accepted_whole(doc):
     def check(tmp: Path) -> None:
-        f = tmp / "train.json"
-        f.write_text(json.dumps(doc), encoding="utf-8")
-        s = validate_squad_records(f, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+        raw = tmp / "raw"
+        raw.mkdir()
+        (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
+        add_fillers(raw)
+        s = validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
         n = sum(len(p["qas"]) for p in doc["data"][0]["paragraphs"])
-        assert s.rejected == 0 and s.accepted["train"] == n
+        assert s.rejected == 0 and s.accepted["train"] == n + 1 and sum(s.repaired.values()) == 0
 
     in_tmp(check)
 
@@ -231,7 +265,60 @@ def test_random_hf_datasets_only_raise_data_error_and_rows_add_up(columns, as_di
 
     def check(tmp: Path) -> None:
         ds = Dataset.from_dict(columns)
-        (DatasetDict({"train": ds, "validation": ds}) if as_dict else ds).save_to_disk(tmp / "hf")
+        (DatasetDict({"train": ds, "validation": ds, "test": ds}) if as_dict else ds).save_to_disk(tmp / "hf")
         accounting_holds(tmp / "hf", tmp)
+
+    in_tmp(check)
+
+
+PADS = [" ", "  ", "\t", "\n", "\u00a0"]
+
+
+@st.composite
+def repairable_squad(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, set[tuple[str, int]]]]:
+    """A well-formed doc with lossless faults added (edge whitespace, a start a few characters off where
+    the text occurs once, the same question again in other case or spacing), and each question's gold
+    (text, start) set as it must come out."""
+    doc = draw(valid_squad())
+    expected = {}
+    for para in doc["data"][0]["paragraphs"]:
+        context, dups = para["context"], []
+        for qa in para["qas"]:
+            expected[str(qa["id"])] = {(a["text"], a["answer_start"]) for a in qa["answers"]}
+            if draw(st.booleans()):  # asked again; answerable exactly when the first is
+                words = [(m.group(), m.start()) for m in re.finditer(r"\S+", context)]
+                again = draw(st.lists(st.sampled_from(words), min_size=1, max_size=2) if qa["answers"]
+                             else st.just([]))
+                question = draw(st.sampled_from([str.upper, str.lower, lambda t: " " + t.replace(" ", "  ")]))
+                dups.append({"id": f"again-{qa['id']}", "question": question(qa["question"]),
+                             "answers": [{"text": t, "answer_start": s} for t, s in again]})
+                expected[str(qa["id"])] |= set(again)
+            for a in qa["answers"]:
+                fault = draw(st.sampled_from(["none", "pad", "shift"]))
+                if fault == "pad":
+                    left, right = draw(st.sampled_from(["", *PADS])), draw(st.sampled_from(PADS))
+                    a["answer_start"] -= draw(st.sampled_from([0, len(left)]))
+                    a["text"] = left + a["text"] + right
+                elif fault == "shift" and context.count(a["text"]) == 1:
+                    a["answer_start"] += draw(st.sampled_from([-3, -2, -1, 1, 2, 3]))
+        para["qas"] += dups
+    return doc, expected
+
+
+@SETTINGS
+@given(case=repairable_squad())
+def test_lossless_faults_are_repaired_back_to_the_original_answers(case):
+    doc, expected = case
+
+    def check(tmp: Path) -> None:
+        raw = tmp / "raw"
+        raw.mkdir()
+        (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
+        add_fillers(raw)
+        s = validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+        got = {r["id"]: {(a["text"], a["answer_start"]) for a in r["answers"]}
+               for r in read_jsonl(tmp / "v" / "train.jsonl")}
+        assert got == {**expected, "filler-train": {("train", 23)}}
+        assert s.rejected == 0 and s.rows_in == sum(s.accepted.values()) + sum(s.repaired.values())
 
     in_tmp(check)

@@ -1,4 +1,4 @@
-"""The evaluate stage's registry champion baseline and `medqa evaluate --model/--split`, on a tiny model,
+"""The evaluate stage, the register stage's gate and `medqa evaluate --model/--split`, on a tiny model,
 a few real passages and a real MLflow SQLite registry in a temporary folder."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from medqa.data import validate_squad_records
 from medqa.evaluation import default_reports_dir, evaluate_checkpoint
 from medqa.features import tokenize_splits
 from medqa.registry import register_model
-from medqa.tracking import configure_tracking
+from medqa.tracking import configure_tracking, file_md5
 
 NAME = "tiny-eval"
 WINDOWS = TokenizeParams(max_seq_length=128, doc_stride=48)
@@ -47,15 +47,33 @@ def project(tmp_path_factory, tiny_model_dir):
 
 def _stage(proj: Path, base_model: Path) -> dict:
     return evaluate_checkpoint(proj / "checkpoint", proj / "features", proj / "validated", proj / "reports",
-                               str(base_model), PARAMS, model_name=NAME)
+                               str(base_model), PARAMS)
 
 
-def test_champion_baseline_absent_then_scored_as_served_then_broken(in_project, tiny_model_dir, capsys):
+def _register(proj: Path, ckpt: Path, metrics: Path, min_f1: float = 0.0) -> dict:
+    return register_model(ckpt, metrics, proj / "reports" / "decoding.json", proj / "validated" / "test.jsonl",
+                          proj / "registration.json", RegisterParams(NAME, min_f1), batch_size=8)
+
+
+def _perturbed_copy(src: Path, dst: Path, delta: float) -> Path:
+    """A copy of checkpoint ``src`` whose QA head bias is shifted by ``delta``: other weights, so
+    another checkpoint for the registry, with nearly the same answers."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(dst / "model.safetensors")
+    tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + delta
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(in_project, tiny_model_dir, capsys):
+    """Issue "Trust the cache and the gate" 6 and 7: one gate, on the same rows; one version per checkpoint."""
     proj = in_project
-    first = _stage(proj, tiny_model_dir)  # empty registry: no champion, no warning, no crash
-    assert first["registry_champion"] is None and first["champion_version"] is None
-    assert first["lead_over_champion"] is None and "registry_champion_warning" not in first
+    first = _stage(proj, tiny_model_dir)
+    assert not [k for k in first if "champion" in k]  # evaluate reads only what dvc.yaml lists
     assert set(first["baselines_f1"]) == {"lexical_window", "base_model_untrained"}
+    assert first["test_md5"] == file_md5(proj / "validated" / "test.jsonl")
     # throughput comes from the timed test decision pass, not a pass of its own
     speed = first["speed"]
     assert speed["questions_per_s"] == pytest.approx(first["n"] / speed["batched_pass_s"])
@@ -66,22 +84,33 @@ def test_champion_baseline_absent_then_scored_as_served_then_broken(in_project, 
         pass
     config = json.loads((proj / "checkpoint" / "medqa.json").read_text())
     (proj / "checkpoint" / "medqa.json").write_text(json.dumps(config | {"run_id": run.info.run_id}))
-    reg = register_model(proj / "checkpoint", proj / "reports" / "metrics.json", proj / "reports" / "decoding.json",
-                         proj / "registration.json", RegisterParams(NAME, 0.0))
-    assert reg["promoted"] and reg["version"] == "1"
+    metrics = proj / "reports" / "metrics.json"
+    reg = _register(proj, proj / "checkpoint", metrics)
+    assert reg["promoted"] and reg["version"] == "1" and reg["new_version"]
+    second = _stage(proj, tiny_model_dir)  # a champion now exists: evaluate's figures do not move
+    assert {k: second[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")} == \
+           {k: first[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")}
 
-    second = _stage(proj, tiny_model_dir)
-    champ = second["registry_champion"]
-    assert second["champion_version"] == champ["version"] == "1" and champ["model_uri"] == f"models:/{NAME}/1"
-    # the same weights with their recorded threshold: the champion scores exactly what the model does
-    assert champ["null_threshold"] == first["null_threshold"]
-    assert champ["f1"] == pytest.approx(second["f1"]) and second["lead_over_champion"] == pytest.approx(0.0)
-    assert second["baselines_f1"]["registry_champion"] == champ["f1"]
-    assert second["best_baseline"] in {"lexical_window", "base_model_untrained"}  # the floor ignores the champion
-    on_disk = json.loads((proj / "reports" / "metrics.json").read_text())
-    assert on_disk["champion_version"] == "1" and on_disk["lead_over_champion"] == second["lead_over_champion"]
-    logged = MlflowClient().get_run(run.info.run_id).data
-    assert "lead_over_champion" in logged.metrics and logged.tags["champion_version"] == "1"
+    # the same checkpoint again (say only register.min_f1 changed): no new version, the gate re-decided
+    again = _register(proj, proj / "checkpoint", metrics, min_f1=0.0)
+    assert again["version"] == "1" and not again["new_version"] and "already registered as v1" in again["reason"]
+    client = MlflowClient()
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert client.get_model_version(NAME, "1").tags["gate_reason"] == again["reason"]
+
+    # the champion's recorded F1 says 0, but scored now on the same rows it does better than the
+    # candidate claims: the gate goes by the rows, not by the tag
+    assert first["f1"] > 0
+    client.set_model_version_tag(NAME, "1", "test_f1", "0.0")
+    worse = proj / "worse-metrics.json"
+    worse.write_text(json.dumps(json.loads(metrics.read_text()) | {"f1": first["f1"] / 2}))
+    cand = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt2", 1e-4), worse)
+    assert cand["version"] == "2" and not cand["promoted"]
+    assert "below champion v1's" in cand["reason"] and "scored now on the same test rows" in cand["reason"]
+    assert cand["previous_champion_f1"] == pytest.approx(first["f1"])
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    on_disk = json.loads((proj / "registration.json").read_text())
+    assert on_disk["reason"] == cand["reason"] and client.get_model_version(NAME, "2").tags["gate_promoted"] == "false"
 
     # the same model by registry URI in ad-hoc mode: its recorded threshold, the same figures
     out = proj / "adhoc"
@@ -95,17 +124,15 @@ def test_champion_baseline_absent_then_scored_as_served_then_broken(in_project, 
     err = capsys.readouterr().err
     assert f"models:/{NAME}@nope: {NAME} has no alias 'nope'" in err and len(err.strip().splitlines()) == 1
 
-    # a champion whose artifact is broken is a warning, not a failure
-    client = MlflowClient()
+    # a champion that cannot be scored, with no F1 from this test set: the gate refuses and says why
     empty = proj / "empty"
     empty.mkdir()
     broken = client.create_model_version(NAME, source=str(empty))
     client.set_registered_model_alias(NAME, "champion", broken.version)
     try:
-        third = _stage(proj, tiny_model_dir)
-        assert third["registry_champion"] is None and third["lead_over_champion"] is None
-        assert f"models:/{NAME}/{broken.version} not scored" in third["registry_champion_warning"]
-        assert "registry_champion" not in third["baselines_f1"]
+        third = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt3", 2e-4), metrics)
+        assert not third["promoted"] and f"models:/{NAME}/{broken.version} could not be scored" in third["reason"]
+        assert "not from this test set" in third["reason"]
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
 

@@ -47,7 +47,7 @@ def test_duplicate_tokens_count_once_per_gold_occurrence():
 
 
 def test_split_summary_hand_computed_on_punctuation_articles_empty_several_golds_unanswerable():
-    from medqa.evaluation import summarize
+    from medqa.scoring import summarize
 
     def row(golds):
         return {"answers": [{"text": g, "answer_start": 0} for g in golds]}

@@ -66,7 +66,24 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     for upstream in ("validate", "tokenize", "train"):
         assert f"Running stage '{upstream}'" not in partial
     reg2 = json.loads((proj / "reports" / "registration.json").read_text())
-    assert reg2["version"] == "2" and reg2["promoted"]  # same model, same F1: ties are promoted
+    assert reg2["version"] == "1" and reg2["promoted"] and not reg2["new_version"]  # same checkpoint
+
+    # a gate-only change reruns register alone and re-decides the alias: no new version
+    params["register"]["min_f1"] = 0.0001
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    gate_only = sh([*dvc, "repro"], proj, env)
+    assert "Running stage 'register'" in gate_only and "Running stage 'evaluate'" not in gate_only
+    reg3 = json.loads((proj / "reports" / "registration.json").read_text())
+    assert reg3["version"] == "1" and "already registered as v1" in reg3["reason"]
+
+    # an edit to a module only evaluate imports reruns evaluate (and register, which reads its
+    # metrics), not the stages upstream of it
+    with open(proj / "src" / "medqa" / "baselines.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    edited = sh([*dvc, "repro"], proj, env)
+    assert "Running stage 'evaluate'" in edited
+    for upstream in ("validate", "tokenize", "train"):
+        assert f"Running stage '{upstream}'" not in edited
 
     shown = sh([*dvc, "metrics", "show", "--json"], proj, env)
     assert "reports/metrics.json" in shown

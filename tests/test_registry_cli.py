@@ -42,17 +42,31 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"HF_HUB_OFFLINE": "1"}
 
 
+# The gate scores the champion on these rows: a model that never abstains (null_threshold -1e9 above)
+# answers "zinc" to both, right on the first and wrong on the unanswerable second: F1 0.5 for any of
+# the fixture's checkpoints, so the claimed F1s .5/.6/.4 make v2 champion and leave v3 below it.
+GATE_ROWS = [{"id": "g1", "question": "Which mineral?", "context": "zinc",
+              "answers": [{"text": "zinc", "answer_start": 0}]},
+             {"id": "g2", "question": "What dose?", "context": "zinc", "answers": []}]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     """A project folder whose registry holds v1 (F1 .5), v2 (.6) and v3 (.4); the gate made v2 champion."""
+    from safetensors.torch import load_file, save_file
+
     proj = tmp_path_factory.mktemp("proj")
     (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
+    (proj / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GATE_ROWS))
     saved_cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(proj)
     try:
         for i, f1 in enumerate((0.5, 0.6, 0.4), start=1):
             ckpt = proj / f"ckpt{i}"
             shutil.copytree(tiny_model_dir, ckpt)
+            tensors = load_file(ckpt / "model.safetensors")  # three checkpoints, not one registered thrice
+            tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + 1e-4 * i
+            save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
             from medqa.tracking import configure_tracking
 
             configure_tracking()
@@ -68,8 +82,8 @@ def project(tmp_path_factory, tiny_model_dir):
             (ckpt / "decoding.json").write_text(json.dumps(DECODING))  # lets the folder be used directly
             (proj / "metrics.json").write_text(json.dumps({
                 "f1": f1, "exact": f1 / 2, "baselines_f1": {"lexical_window": 0.1}, "best_baseline": "lexical_window"}))
-            register_model(ckpt, proj / "metrics.json", proj / "decoding.json", proj / f"registration{i}.json",
-                           RegisterParams(NAME, 0.0))
+            register_model(ckpt, proj / "metrics.json", proj / "decoding.json", proj / "test.jsonl",
+                           proj / f"registration{i}.json", RegisterParams(NAME, 0.0))
         yield proj
     finally:
         mlflow.set_tracking_uri(None)

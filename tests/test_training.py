@@ -109,9 +109,15 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     state = workspace / "resumed" / "state"
     assert sorted(p.name for p in state.glob("checkpoint-*")) == ["checkpoint-4"]  # newest only
     assert not (workspace / "resumed" / "checkpoint").exists()  # no half-written final model
+    # a kill while the Trainer writes the next checkpoint leaves it with only its config: it is
+    # ignored and removed, never resumed (it used to fail every rerun: no trainer_state.json)
+    (state / "checkpoint-6").mkdir()
+    (state / "checkpoint-6" / "config.json").write_text("{}")
 
     again = run_train(workspace, "resumed")
     assert "resuming from" in again.stdout and "checkpoint-4" in again.stdout
+    assert "removing incomplete checkpoint" in again.stdout and "checkpoint-6" in again.stdout
+    assert not state.exists()  # a finished training leaves no state to stand in for the next one
     assert_same_weights(weights(workspace, "straight"), weights(workspace, "resumed"))
     resumed = json.loads((workspace / "resumed" / "checkpoint" / "medqa.json").read_text())
     assert resumed["resumed_from_step"] == 4 and steps["resumed_from_step"] == 0
@@ -125,6 +131,81 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     assert len(mlflow_runs(workspace)) == 2
 
 
+def test_a_finished_training_is_never_resumed_and_a_rerun_logs_params(workspace):
+    """Issue "Trust the cache and the gate" 2: a rerun (`dvc repro -f train`, or after the MLflow
+    store was removed) trained 0 steps from the finished state into a run without params."""
+    import shutil
+
+    first = run_train(workspace, "a")
+    assert not (workspace / "a" / "state").exists()
+    shutil.rmtree(workspace / "mlruns")
+    again = run_train(workspace, "a")
+    assert "starting fresh" in again.stdout and "resuming" not in again.stdout
+    summary = json.loads((workspace / "a" / "checkpoint" / "medqa.json").read_text())
+    assert summary["resumed_from_step"] == 0 and "trained on" in first.stdout
+    (run,) = mlflow_runs(workspace)
+    assert run.data.params["learning_rate"] == "0.001" and "train_fingerprint" in run.data.tags
+
+
+def test_changed_features_discard_the_state_of_a_killed_run(workspace):
+    """Issue "Trust the cache and the gate" 2: new training labels must retrain, not resume."""
+    run_train(workspace, "k", prefix=[sys.executable, "-c", KILLER], extra_env={"KILL_AT": "3"},
+              expect_rc=-signal.SIGKILL)
+    assert (workspace / "k" / "state" / "checkpoint-2").exists()
+    (workspace / "features" / "train" / "labels-changed.txt").write_text("new labels\n")
+    again = run_train(workspace, "k")
+    assert "starting fresh" in again.stdout and "resuming" not in again.stdout
+
+
+def test_one_trainer_per_state(workspace):
+    """Issue "Trust the cache and the gate" 4: a second trainer on the same state is refused."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from medqa.process import exclusive_state\n"
+        f"with exclusive_state(Path({str(workspace / 'held' / 'state')!r})):\n"
+        "    print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_train(workspace, "held", expect_rc=2)
+        assert f"in use by another `medqa train` (pid {holder.pid})" in res.stderr
+        assert "Traceback" not in res.stderr and not (workspace / "held" / "checkpoint").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run_train(workspace, "held")  # the lock died with its holder
+
+
+def test_a_trainer_dies_with_the_process_that_started_it(tmp_path):
+    """Issue "Trust the cache and the gate" 4: SIGKILL of `dvc` left `medqa train` running."""
+    import time
+
+    armed = tmp_path / "armed"
+    child = ("import time; from pathlib import Path; from medqa.process import die_with_parent; "
+             f"die_with_parent(); Path({str(armed)!r}).touch(); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "print(p.pid, flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not armed.exists():
+        assert time.monotonic() < deadline, "the child never armed the signal"
+        time.sleep(0.1)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as fh:  # reaped by init only later: a zombie counts as gone
+            if fh.read().split(") ", 1)[1].startswith("Z"):
+                return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail("the child outlived its parent by 30 s")
+
+
 def test_checkpoints_of_another_configuration_are_not_resumed(workspace):
     from medqa.training import STATE_FILE, resumable_checkpoint
 
@@ -134,6 +215,8 @@ def test_checkpoints_of_another_configuration_are_not_resumed(workspace):
     assert resumable_checkpoint(state, "new") == (None, {})
     assert not state.exists()
     (state / "checkpoint-3").mkdir(parents=True)
+    for name in ("trainer_state.json", "model.safetensors", "optimizer.pt"):
+        (state / "checkpoint-3" / name).write_text("{}")
     (state / STATE_FILE).write_text(json.dumps({"fingerprint": "same", "mlflow_run_id": "x"}))
     assert resumable_checkpoint(state, "same") == (str(state / "checkpoint-3"), {"fingerprint": "same",
                                                                                  "mlflow_run_id": "x"})

@@ -1,8 +1,13 @@
-"""Atomic writes: a stage that fails leaves either the old output or none, never half a file."""
+"""Atomic writes: a stage that fails leaves either the old output or none, never half a file.
+
+JSON is written strictly: NaN and infinities (a mean over no rows, say) become ``null``, because
+``NaN`` is not JSON and DVC, MLflow and browsers refuse it.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -46,14 +51,30 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, recursively (tuples become lists)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (see ``strict_json``)."""
+    return json.dumps(strict_json(obj), ensure_ascii=False, default=str, allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON with a trailing newline, written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Strict JSON with a trailing newline, written atomically."""
+    write_text_atomic(path, dumps_strict(obj, indent=2) + "\n")
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """One JSON object per line, written atomically; returns the number of rows."""
-    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+    """One strict JSON object per line, written atomically; returns the number of rows."""
+    lines = [dumps_strict(r) for r in rows]
     write_text_atomic(path, "".join(line + "\n" for line in lines))
     return len(lines)
 

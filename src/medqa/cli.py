@@ -32,8 +32,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from medqa.data import validate_squad_records
 
     p = _params(args).validate
-    s = validate_squad_records(Path(args.raw or p.raw_path), args.out, args.rejected, args.report, p)
-    print(f"validated {s.rows_in} rows: accepted {s.accepted}, rejected {s.rejected}")
+    s = validate_squad_records(Path(args.raw or p.raw_path), args.out, args.rejected, args.report, p,
+                               repairs_path=args.repairs)
+    print(f"validated {s.rows_in} rows: accepted {sum(s.accepted.values())}, repaired {sum(s.repaired.values())} "
+          f"({s.merged} merged), rejected {s.rejected}; written {s.written}")
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
@@ -45,6 +47,9 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from medqa.process import die_with_parent
+
+    die_with_parent()  # first: a dvc killed while torch imports must not leave a trainer behind
     from medqa.training import fine_tune
 
     s = fine_tune(args.features, args.validated, args.out, _params(args), args.state)
@@ -56,14 +61,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _print_scores(label: str, r: dict[str, Any]) -> None:
-    """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines (the
-    registry champion is a regression check with its own line)."""
-    ci = f"95% CI {r['f1_ci95'][0]:.3f}-{r['f1_ci95'][1]:.3f}, " if "f1_ci95" in r else ""
-    print(f"{label}: EM {r['exact']:.4f}  F1 {r['f1']:.4f} ({ci}n={r['n']}); "
-          f"answerable F1 {r['has_ans_f1']:.4f}, unanswerable F1 {r['no_ans_f1']:.4f}")
-    floors = {k: v for k, v in r["baselines_f1"].items() if k != "registry_champion"}
-    print("baselines F1: " + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()) +
-          f"; lead over best {r['lead_over_best_baseline']:+.4f}")
+    """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines."""
+    from medqa.reports import figure as _fmt
+
+    ci = f"95% CI {_fmt(r['f1_ci95'][0], '.3f')}-{_fmt(r['f1_ci95'][1], '.3f')}, " if r.get("f1_ci95") else ""
+    print(f"{label}: EM {_fmt(r['exact'])}  F1 {_fmt(r['f1'])} ({ci}n={r['n']}); "
+          f"answerable F1 {_fmt(r['has_ans_f1'])}, unanswerable F1 {_fmt(r['no_ans_f1'])}")
+    print("baselines F1: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["baselines_f1"].items()) +
+          f"; lead over best {_fmt(r['lead_over_best_baseline'], '+.4f')}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -73,13 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     checkpoint = Path("models/checkpoint")  # the evaluate stage's input in dvc.yaml
     if args.model is None and args.split is None:  # the DVC stage
         r = evaluate_checkpoint(checkpoint, args.features, args.validated, args.reports or Path("reports"),
-                                p.base_model, p.evaluate, model_name=p.register.model_name)
+                                p.base_model, p.evaluate)
         _print_scores("test", r)
-        if r["registry_champion"] is not None:
-            print(f"registry champion v{r['champion_version']} F1 {r['registry_champion']['f1']:.4f}; "
-                  f"lead over champion {r['lead_over_champion']:+.4f}")
-        if "registry_champion_warning" in r:
-            print(f"warning: {r['registry_champion_warning']}", file=sys.stderr)
         return
     model, split = args.model or str(checkpoint), args.split or "test"
     reports = args.reports or default_reports_dir(model, split)
@@ -91,9 +91,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_register(args: argparse.Namespace) -> None:
     from medqa.registry import register_model
 
-    r = register_model(args.model, args.metrics, args.decoding, args.out, _params(args).register)
-    state = "promoted to @champion" if r["promoted"] else "not promoted"
-    print(f"registered {r['model_name']} v{r['version']} (@candidate), {state}: {r['reason']}")
+    p = _params(args)
+    r = register_model(args.model, args.metrics, args.decoding, args.test, args.out, p.register,
+                       p.evaluate.batch_size)
+    state = "@champion" if r["promoted"] else "not promoted"
+    what = "registered" if r["new_version"] else "kept"
+    print(f"{what} {r['model_name']} v{r['version']}, {state}: {r['reason']}")
 
 
 def _load_predictor(model: str) -> Any:
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", help="raw data file or folder (default: validate.raw_path)")
     s.add_argument("--out", type=Path, default=Path("data/validated"))
     s.add_argument("--rejected", type=Path, default=Path("reports/rejected.jsonl"))
+    s.add_argument("--repairs", type=Path, default=Path("reports/repairs.jsonl"),
+                   help="one line per lossless repair (validate.repair): id, what, before, after")
     s.add_argument("--report", type=Path, default=Path("reports/validation.json"))
     s.set_defaults(func=cmd_validate)
 
@@ -316,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=Path("models/checkpoint"))
     s.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
     s.add_argument("--decoding", type=Path, default=Path("reports/decoding.json"))
+    s.add_argument("--test", type=Path, default=Path("data/validated/test.jsonl"),
+                   help="test rows the candidate and the current champion are both scored on")
     s.add_argument("--out", type=Path, default=Path("reports/registration.json"))
     s.set_defaults(func=cmd_register)
 

@@ -7,6 +7,7 @@ value reruns exactly the stages that read it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -34,9 +35,38 @@ _ParamsLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+def _refuse_duplicate_keys(node: yaml.Node, path: str = "") -> None:
+    """Raise on a key given twice in one mapping: YAML loaders keep the last silently, so a second
+    ``seed:`` further down a group would override the first without a word."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[tuple[str, Any], int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys on purpose
+            continue
+        ident = (key_node.tag, key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node))
+        name = f"{path}.{key_node.value}" if path else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if ident in first_line:
+            raise ConfigError(f"duplicate key {name} at line {line} (first at line {first_line[ident]})")
+        first_line[ident] = line
+        _refuse_duplicate_keys(value_node, name)
+
+
 def load_yaml(text: str) -> Any:
-    """Parse params-style YAML as DVC writes it (see _ParamsLoader)."""
-    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse params-style YAML as DVC writes it (see _ParamsLoader), refusing duplicate keys."""
+    loader = _ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,9 @@ class ValidateParams:
     raw_path: str = "data/raw/amd_qa"
     format: Literal["auto", "squad", "jsonl", "csv", "parquet", "hf"] = "auto"
     on_invalid: Literal["fail", "drop"] = "fail"
+    # lossless repairs before the checks (edge whitespace, a nearby start, duplicate questions merged),
+    # each written to repairs.jsonl; false: such rows are rejected, as the checks alone would
+    repair: bool = True
     max_question_chars: int = 1000
     max_context_chars: int = 200_000
 
@@ -124,6 +157,8 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):  # `.nan` passes every `<=` range check below
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
     return value
 
 
@@ -145,21 +180,40 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return params
 
 
+# An MLflow registered-model name that also works in a models:/ URI and as a folder name.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _check_ranges(params: Any, prefix: str) -> None:
+    """Refuse values that would pass the type check but make a stage fail late or train wrongly."""
     positive = {"batch_size", "epochs", "learning_rate", "head_learning_rate", "max_seq_length", "n_best",
-                "max_answer_length", "max_question_chars", "max_context_chars"}
+                "max_answer_length", "max_question_chars", "max_context_chars", "bootstrap_samples"}
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         if f.name in positive and isinstance(value, (int, float)) and value <= 0:
             raise ConfigError(f"{prefix}.{f.name}: must be > 0, got {value}")
         if f.name == "layer_lr_decay" and not 0 < value <= 1:
             raise ConfigError(f"{prefix}.{f.name}: must be in (0, 1], got {value}")
-        if f.name == "save_steps" and value < 0:
+        if f.name in ("save_steps", "weight_decay") and value < 0:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
     if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
-        raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}")
+        raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, "
+                          f"got {params.doc_stride}")
     if isinstance(params, TokenizeParams) and not 0 < params.train_fraction <= 1:
         raise ConfigError(f"{prefix}.train_fraction: must be in (0, 1], got {params.train_fraction}")
+    # transformers' set_seed seeds numpy too, which takes 0 .. 2**32 - 1 only
+    if isinstance(params, TrainParams) and not 0 <= params.seed < 2**32:
+        raise ConfigError(f"{prefix}.seed: must be >= 0 and < 2**32, got {params.seed}")
+    # the Trainer reads a warmup value >= 1 as a number of steps, not a share of them
+    if isinstance(params, TrainParams) and not 0 <= params.warmup_ratio < 1:
+        raise ConfigError(f"{prefix}.warmup_ratio: must be >= 0 and < 1, got {params.warmup_ratio}")
+    if isinstance(params, RegisterParams) and not MODEL_NAME.fullmatch(params.model_name):
+        raise ConfigError(f"{prefix}.model_name: must start with a letter or digit and hold only letters, "
+                          f"digits, '.', '_' and '-' (a registered-model name), got {params.model_name!r}")
+    # test F1 is a share in [0, 1]; a percentage (30) would refuse every model, silently
+    if isinstance(params, RegisterParams) and not 0 <= params.min_f1 <= 1:
+        raise ConfigError(f"{prefix}.min_f1: must be in [0, 1] (F1 as a share, not a percentage), "
+                          f"got {params.min_f1}")
 
 
 def parse_params(raw: dict[str, Any]) -> Params:
@@ -174,13 +228,11 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        raw = load_yaml(text)
+        return parse_params(load_yaml(text))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{pos}") from None
-    try:
-        return parse_params(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

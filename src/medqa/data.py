@@ -1,7 +1,11 @@
-"""The validate stage: read SQuAD-style QA data in any supported shape, check every row with pandera,
-and write the accepted rows per split, accounting for every row read (accepted + rejected == read).
+"""The validate stage: read SQuAD-style QA data in any supported shape, repair what can be repaired
+without guessing, check every row with pandera, and write the good rows per split, accounting for every
+row read (accepted + repaired + rejected == read; see ValidationSummary).
 
-Inputs (``validate.format``; ``auto`` picks by file suffix and recognises ``save_to_disk`` folders):
+Inputs (``validate.format``; ``auto`` picks by file suffix, in any case and with an optional ``.gz``,
+and recognises ``save_to_disk`` folders). Anything else in a data folder is an error naming it, except
+hidden files and README*/LICENSE* files. A lone surrogate (``"\\ud800"``) in any text stops the run with
+the file and row named.
 
 - ``squad``: SQuAD v1.1 / v2.0 JSON (``.json``). Every gold answer of a question is kept and checked.
 - ``jsonl`` / ``csv`` / ``parquet``: one question per row with ``id``, ``question``, ``context`` and
@@ -17,6 +21,12 @@ true/false/yes/no; absent or blank, it is taken from the answers. A row's split 
 (DatasetDict key, a top-level ``"split"`` in SQuAD JSON, a ``split`` column) or else from the file
 name (``train.json``, ``squad_dev.jsonl``; "validation"/"valid"/"val" mean dev); when no row has one,
 a hash of the context assigns 70/15/15. If only some rows have a split, the others fail known_split.
+Data that names its splits must name all three (train, dev, test), or the stage stops and says so.
+
+Repairs (``validate.repair``, on by default; each one a line of repairs.jsonl, see ``repair_records``):
+edge whitespace stripped from an answer, an answer_start moved to the nearest exact occurrence of its
+text within REPAIR_WINDOW characters, duplicate questions on one context merged into one with all their
+gold answers. What cannot be repaired without guessing is left to the rules below.
 
 Rules. Each check's name is the reason a rejected row shows (``column:check`` for column checks):
 
@@ -25,12 +35,13 @@ Rules. Each check's name is the reason a rejected row shows (``column:check`` fo
   offsets that training uses are computed on that exact string.
 - answer_has_edge_whitespace: an answer text must not begin or end with a character for which
   ``str.isspace()`` is true. Token offsets never cover whitespace, so such an answer is never exactly a
-  token span, and the validator does not rewrite data: strip the text and move answer_start at the source.
+  token span; the repair strips it where the context has the stripped text at the shifted (or the given)
+  start; otherwise strip the text and move answer_start at the source.
 - answer_longer_than_context: an answer text longer than its context (the answer belongs elsewhere).
 - malformed_answers: answers must be a list of ``{"text": non-empty str, "answer_start": int}``.
 - is_impossible_matches_answers: is_impossible is a boolean, true exactly when there are no answers.
 - duplicate_question_on_context: the same question on the same context twice in one split; the first
-  is kept.
+  is kept (with repair, one that could not be merged: say answerable once and unanswerable once).
 - context_in_two_splits, question_on_context_in_two_splits: leakage between splits. The rows of the
   earliest split (train, then dev, then test) are kept and the others rejected; a repeated question
   is named by both checks, a new question on a repeated context by the first only.
@@ -40,11 +51,14 @@ Rules. Each check's name is the reason a rejected row shows (``column:check`` fo
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import math
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,12 +79,16 @@ SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
                  "test": "test"}
 FILE_SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "squad"}
+KNOWN_FILES = ".json, .jsonl, .csv or .parquet files (any case, optionally .gz)"
+IGNORED_PREFIXES = ("readme", "license", "licence")  # besides hidden files: never data, so not reported
+SURROGATE = re.compile("[\ud800-\udfff]")
 FLAT_REQUIRED = ("id", "question", "context")
 HF_REQUIRED = ("id", "question", "context", "answers")
 OUTPUT_COLUMNS = ["id", "title", "context", "question", "question_type", "is_impossible", "answers"]
 COLUMNS = [*OUTPUT_COLUMNS, "split", "source", "row"]
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes"}, {"0", "false", "no"}
 MAX_ROWS_SHOWN = 10
+REPAIR_WINDOW = 32  # characters: how far a wrong answer_start may move to an exact occurrence of its text
 
 
 # --- value normalisation: every source's values in one shape, anything unreadable left for a check ---
@@ -130,7 +148,8 @@ def _answers(value: Any) -> Any:
             return [{"text": _scalar(t), "answer_start": _scalar(s)} for t, s in zip(texts, starts)]
         return value
     if _is_seq(value):
-        return [{k: _scalar(x) for k, x in a.items()} if isinstance(a, Mapping) else _scalar(a) for a in value]
+        return [{k: _scalar(x) for k, x in a.items()} if isinstance(a, Mapping) else _scalar(a)
+                for a in value]
     return value
 
 
@@ -154,9 +173,9 @@ def _row(*, id: Any, title: Any, context: Any, question: Any, question_type: Any
 
 def _record_row(rec: Mapping[str, Any], *, answers: Any, split: Any, row: str) -> dict[str, Any]:
     """A row from a flat record (JSONL, CSV, Parquet, Hugging Face), whose fields are named as ours."""
-    return _row(id=rec.get("id"), title=rec.get("title"), context=rec.get("context"), question=rec.get("question"),
-                question_type=rec.get("question_type"), is_impossible=rec.get("is_impossible"), answers=answers,
-                split=split, row=row)
+    return _row(id=rec.get("id"), title=rec.get("title"), context=rec.get("context"),
+                question=rec.get("question"), question_type=rec.get("question_type"),
+                is_impossible=rec.get("is_impossible"), answers=answers, split=split, row=row)
 
 
 # --- readers: one per format, each raising a one-line DataError that names the file and position ---
@@ -169,20 +188,41 @@ def _split_from_name(path: Path) -> str | None:
     return None
 
 
-def _read_text(path: Path) -> str:
+def _file_format(path: Path) -> str | None:
+    """The format a file's suffix names, ignoring case and a trailing ``.gz`` (``train.JSON.gz``: squad)."""
+    return FILE_SUFFIXES.get(Path(path.name.lower().removesuffix(".gz")).suffix)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, gunzipped when its name ends in ``.gz``; an empty file is refused here, as the
+    readers would each name it differently."""
     try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or _first_line(e)})") from None
+    if data and path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
+            raise DataError(f"{path}: not a valid gzip file ({_first_line(e)})") from None
+    if not data:
+        raise DataError(f"{path}: empty file")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno + line_offset} column {e.colno}: {e.msg}") from None
+        raise DataError(f"{path}: invalid JSON at line {e.lineno + line_offset} column {e.colno}: {e.msg}"
+                        ) from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply at line {1 + line_offset}") from None
 
@@ -224,17 +264,19 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
 
 
 def _read_table(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
+    data = io.BytesIO(_read_bytes(path))
     try:
         if fmt == "csv":
             with warnings.catch_warnings():
                 # index_col=False: a first row with extra fields must not turn its leading fields into an
                 # index; pandas then warns about (and would drop) the extra fields, which we refuse.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
+                df = pd.read_csv(data, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
         else:
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(data)
     except pd.errors.ParserWarning:
-        raise DataError(f"{path}: cannot read as csv: the first data row has more fields than the header") from None
+        raise DataError(f"{path}: cannot read as csv: the first data row has more fields than the header"
+                        ) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (ValueError, OSError, pd.errors.ParserError, pyarrow.ArrowException) as e:
@@ -299,25 +341,42 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _ignored(path: Path) -> bool:
+    """Hidden files (.gitkeep, .DS_Store) and README/LICENSE files, which sit beside data but are not data."""
+    return path.name.startswith(".") or path.name.lower().startswith(IGNORED_PREFIXES)
+
+
 def _inputs(raw_path: Path, fmt: str) -> list[tuple[Path, str]]:
-    """The files and save_to_disk folders under ``raw_path``, each with the format that reads it."""
+    """The files and save_to_disk folders under ``raw_path``, each with the format that reads it.
+
+    Anything else in a data folder is an error rather than skipped: a ``train.txt`` or ``test.tsv``
+    left out silently would train or score on less data than the user thinks.
+    """
     if fmt == "hf" or (fmt == "auto" and is_saved_hf_dataset(raw_path)):
         return [(raw_path, "hf")]
     if not raw_path.exists():
         raise DataError(f"{raw_path}: no such file or folder (for a hub dataset set validate.format: hf)")
     if raw_path.is_file():
-        candidates = [raw_path]
-    else:
-        candidates = sorted(f for f in raw_path.iterdir() if (f.is_file() and f.suffix in FILE_SUFFIXES)
-                            or (fmt == "auto" and is_saved_hf_dataset(f)))
-        if not candidates:
-            raise DataError(f"{raw_path}: no .json, .jsonl, .csv or .parquet files or save_to_disk folders")
-    inputs = []
-    for f in candidates:
-        kind = ("hf" if f.is_dir() else FILE_SUFFIXES.get(f.suffix)) if fmt == "auto" else fmt
+        kind = _file_format(raw_path) if fmt == "auto" else fmt
         if kind is None:
-            raise DataError(f"{f}: unknown format (set validate.format)")
-        inputs.append((f, kind))
+            raise DataError(f"{raw_path}: unknown format: expected {KNOWN_FILES} (or set validate.format)")
+        return [(raw_path, kind)]
+    inputs, unknown = [], []
+    for f in sorted(raw_path.iterdir()):
+        if _ignored(f):
+            continue
+        if f.is_file() and _file_format(f):
+            inputs.append((f, _file_format(f) if fmt == "auto" else fmt))
+        elif fmt == "auto" and is_saved_hf_dataset(f):
+            inputs.append((f, "hf"))
+        else:
+            unknown.append(f.name + ("/" if f.is_dir() else ""))
+    if unknown:
+        raise DataError(f"{raw_path}: cannot read {', '.join(unknown)}: a data folder holds {KNOWN_FILES}"
+                        f"{' or save_to_disk folders' if fmt == 'auto' else ''}; move the rest out "
+                        "(README*, LICENSE* and hidden files are ignored)")
+    if not inputs:
+        raise DataError(f"{raw_path}: no .json, .jsonl, .csv or .parquet files or save_to_disk folders")
     return inputs
 
 
@@ -327,13 +386,55 @@ def _split_value(v: Any) -> str | None:
     return SPLIT_ALIASES.get(v.strip().lower(), v) if isinstance(v, str) else str(_scalar(v))
 
 
-def read_qa_records(raw_path: Path, fmt: str = "auto") -> pd.DataFrame:
-    """Read every record under ``raw_path`` into one frame with ``source`` and ``row`` columns."""
+def _surrogate(value: Any) -> str | None:
+    """The first lone surrogate (``"\\ud800"`` in JSON) anywhere in a value, keys included, or None.
+
+    Such a string is not Unicode text: it cannot be hashed by pandas, written as UTF-8 or tokenized,
+    so a row holding one stops the run here, named, instead of failing inside a check or a write.
+    Iterative, as junk answers may nest deeply.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if m := SURROGATE.search(v):
+                return m.group()
+        elif isinstance(v, Mapping):
+            stack += [*v.keys(), *v.values()]
+        elif _is_seq(v):
+            stack += list(v)
+    return None
+
+
+def _refuse_surrogates(row: dict[str, Any]) -> None:
+    for name in ("id", "title", "question", "context", "question_type", "answers", "split"):
+        if (ch := _surrogate(row[name])) is not None:
+            raise DataError(f"{row['source']} {row['row']}: {name} holds a lone surrogate U+{ord(ch):04X}, "
+                            "which is not Unicode text; fix the escape at the source")
+
+
+def _require_splits(raw_path: Path, splits: pd.Series) -> None:
+    """Data that names its splits must name all three: an absent test split would otherwise surface
+    stages later as an empty test.jsonl, and an absent dev split as a training run with no dev score."""
+    present = [s for s in SPLITS if (splits == s).any()]
+    missing = [s for s in SPLITS if s not in present]
+    if missing:
+        named = f"only {', '.join(present)}" if present else "none of train, dev, test"
+        raise DataError(f"{raw_path}: no {' or '.join(missing)} split: the data names its splits (file "
+                        f"names, a split column or DatasetDict keys) but {named}; add the {missing[0]} "
+                        f"rows (e.g. a {missing[0]}.json beside the others), or name no split at all so "
+                        "that a hash of the context assigns train/dev/test 70/15/15")
+
+
+def read_qa_records(raw_path: Path, fmt: str = "auto", *, require_splits: bool = False) -> pd.DataFrame:
+    """Read every record under ``raw_path`` into one frame with ``source`` and ``row`` columns.
+
+    ``require_splits`` (the validate stage): data that names splits must name train, dev and test.
+    Off for a single evaluation file, whose name (``dev.json``) may name one split only.
+    """
     raw_path = Path(raw_path)
     rows: list[dict[str, Any]] = []
     for f, kind in _inputs(raw_path, fmt):
-        if f.is_file() and f.stat().st_size == 0:
-            raise DataError(f"{f}: empty file")
         if kind == "hf":
             file_rows = _read_hf(str(f), saved=is_saved_hf_dataset(f))
         else:
@@ -341,6 +442,7 @@ def read_qa_records(raw_path: Path, fmt: str = "auto") -> pd.DataFrame:
         name_split = _split_from_name(f) if f.exists() else None
         for r in file_rows:
             r["source"] = str(f)
+            _refuse_surrogates(r)
             r["split"] = _split_value(r["split"]) or name_split
         rows.extend(file_rows)
     if not rows:
@@ -348,6 +450,8 @@ def read_qa_records(raw_path: Path, fmt: str = "auto") -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
     if df["split"].isna().all():
         df["split"] = [split_by_context(c) for c in df["context"]]
+    elif require_splits:
+        _require_splits(raw_path, df["split"])
     df["id"] = pd.Series([str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in df["id"]],
                          index=df.index, dtype=object)
     return df
@@ -447,35 +551,196 @@ def build_schema(params: ValidateParams) -> pa.DataFrameSchema:
         },
         checks=[
             pa.Check(_rowwise(_answers_well_formed, "answers"), name="malformed_answers"),
-            pa.Check(_rowwise(_impossible_matches, "is_impossible", "answers"), name="is_impossible_matches_answers"),
+            pa.Check(_rowwise(_impossible_matches, "is_impossible", "answers"),
+                     name="is_impossible_matches_answers"),
             pa.Check(_rowwise(_span_ok, "context", "answers"), name="answer_span_matches_context"),
             pa.Check(_rowwise(_fits_context, "context", "answers"), name="answer_longer_than_context"),
             pa.Check(_rowwise(_no_edge_whitespace, "answers"), name="answer_has_edge_whitespace"),
             pa.Check(_first_in_split, name="duplicate_question_on_context"),
             pa.Check(lambda df: _no_leak(df, ["context"]), name="context_in_two_splits"),
-            pa.Check(lambda df: _no_leak(df, ["question", "context"]), name="question_on_context_in_two_splits"),
+            pa.Check(lambda df: _no_leak(df, ["question", "context"]),
+                     name="question_on_context_in_two_splits"),
         ],
         coerce=False,
     )
 
 
+# --- lossless repairs (validate.repair): only where what the source meant is certain, each recorded ---
+
+@dataclass(frozen=True)
+class Repaired:
+    """The rows after repairs and what was done to them, keyed by position in the frame as read."""
+
+    frame: pd.DataFrame  # the rows read, answers repaired, merged rows left out; index: position as read
+    records: dict[int, list[dict[str, Any]]]  # position -> the repairs made to that row, in order
+    merged_into: dict[int, int]  # position of a merged row -> position of the row that now holds its answers
+
+
+def _span_at(context: str, text: str, start: int) -> bool:
+    return start >= 0 and context[start:start + len(text)] == text
+
+
+def _stripped(context: str, text: str, start: int) -> tuple[str, int] | None:
+    """The answer without edge whitespace and its start, if the context has the stripped text there:
+    past the leading whitespace (the start was the padded text's), else at the start itself (the start
+    was already the stripped text's)."""
+    core, lead = text.strip(), len(text) - len(text.lstrip())
+    if not core or core == text:
+        return None
+    return next(((core, at) for at in (start + lead, start) if _span_at(context, core, at)), None)
+
+
+def _nearest_occurrence(context: str, text: str, start: int) -> int | None:
+    """Start of the exact occurrence of ``text`` nearest ``start`` within REPAIR_WINDOW characters; None
+    when there is none, or two are equally near (which one was meant cannot be told)."""
+    hits, at = [], context.find(text, max(0, start - REPAIR_WINDOW))
+    while at != -1 and at <= start + REPAIR_WINDOW:
+        hits.append(at)
+        at = context.find(text, at + 1)
+    nearest = sorted(hits, key=lambda h: abs(h - start))[:2]
+    if not nearest or (len(nearest) == 2 and abs(nearest[0] - start) == abs(nearest[1] - start)):
+        return None
+    return nearest[0]
+
+
+def _answer_repairs(context: str, text: str, start: int) -> list[tuple[str, str, int]]:
+    """(kind, text, start) after each repair one answer needs. Stripping comes first, so that an answer
+    whose start is right for its stripped text is not moved to another occurrence of the padded one."""
+    if fixed := _stripped(context, text, start):
+        return [("strip_answer_whitespace", *fixed)]
+    if _span_at(context, text, start) or (moved := _nearest_occurrence(context, text, start)) is None:
+        return []
+    steps = [("shift_answer_start", text, moved)]
+    if fixed := _stripped(context, text, moved):
+        steps.append(("strip_answer_whitespace", *fixed))
+    return steps
+
+
+def _repair_answers(context: Any, answers: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A row's answers with edge whitespace and near-miss starts repaired, and a record per repair."""
+    if not isinstance(context, str) or not isinstance(answers, list):
+        return answers, []
+    out, records = [], []
+    for k, a in enumerate(answers):
+        if _well_formed(a):
+            text, start = a["text"], a["answer_start"]
+            for kind, new_text, new_start in _answer_repairs(context, text, start):
+                records.append({"what": kind, "answer": k, "before": {"text": text, "answer_start": start},
+                                "after": {"text": new_text, "answer_start": new_start}})
+                text, start = new_text, new_start
+            if (text, start) != (a["text"], a["answer_start"]):
+                a = {**a, "text": text, "answer_start": start}
+        out.append(a)
+    return out, records
+
+
+def _question_key(question: str) -> str:
+    """Questions that differ only in case or spacing are one question."""
+    return " ".join(question.split()).casefold()
+
+
+def _clean(row: Mapping[str, Any]) -> bool:
+    """A row that passes every check of its own fields: the only kind merged, so a merge never carries
+    a fault of one row into another (rows that are not clean are left to the checks, as without repair)."""
+    text_ok = all(isinstance(row[c], str) and row[c].strip() != "" for c in ("id", "question", "context"))
+    answers = row["answers"]
+    return (text_ok and isinstance(row["split"], str) and _answers_well_formed(answers)
+            and _impossible_matches(row["is_impossible"], answers) and _span_ok(row["context"], answers)
+            and _fits_context(row["context"], answers) and _no_edge_whitespace(answers))
+
+
+def _mergeable(group: pd.DataFrame, id_counts: Counter[str]) -> bool:
+    """Duplicates merge only when nothing is lost: all answerable or all unanswerable, the same title
+    and question type, and ids that no row outside the group uses (else the merge would hide a clash)."""
+    return (group["is_impossible"].nunique() == 1 and group["title"].nunique() == 1
+            and group["question_type"].nunique() == 1
+            and all(id_counts[i] == n for i, n in Counter(group["id"]).items()))
+
+
+def repair_records(df: pd.DataFrame) -> Repaired:
+    """Repair what can be repaired without guessing, before the checks run (validate.repair):
+
+    - strip_answer_whitespace: an answer with edge whitespace is stripped and its start shifted past the
+      leading whitespace, when the stripped text is exactly there (or exactly at the start as given);
+    - shift_answer_start: a start that misses its text moves to the nearest exact occurrence within
+      REPAIR_WINDOW characters (not when two are equally near);
+    - merge_duplicate_question: clean rows asking one question (same text up to case and spacing) on one
+      context in one split become the first of them, with every distinct (text, start) gold answer.
+
+    Anything else is left for the checks to reject, as with ``repair: false``.
+    """
+    df = df.copy()
+    records: dict[int, list[dict[str, Any]]] = {}
+
+    def note(i: int, record: dict[str, Any]) -> None:
+        where = {"id": _shown_id(df.at[i, "id"]), "source": df.at[i, "source"], "row": df.at[i, "row"]}
+        records.setdefault(i, []).append({**where, **record})
+
+    answers: dict[int, Any] = {}
+    for i, context, row_answers in zip(df.index, df["context"], df["answers"]):
+        answers[i], row_records = _repair_answers(context, row_answers)
+        for record in row_records:
+            note(i, record)
+    df["answers"] = pd.Series([answers[i] for i in df.index], index=df.index, dtype=object)
+
+    merged_into: dict[int, int] = {}
+    clean = df[[_clean(row) for row in df.to_dict("records")]]
+    keys = pd.DataFrame({"split": clean["split"], "question": clean["question"].map(_question_key),
+                         "context": clean["context"]})
+    repeated = keys.duplicated(keep=False)
+    id_counts = Counter(v for v in df["id"] if isinstance(v, str))
+    for _, group in clean[repeated].groupby([keys[c][repeated] for c in keys], sort=False):
+        if not _mergeable(group, id_counts):
+            continue
+        first, *rest = group.index
+        union = list(answers[first])
+        seen = {(a["text"], a["answer_start"]) for a in union}
+        for a in (a for j in rest for a in answers[j]):
+            if (a["text"], a["answer_start"]) not in seen:
+                seen.add((a["text"], a["answer_start"]))
+                union.append(a)
+        kept = {"id": df.at[first, "id"], "source": df.at[first, "source"], "row": df.at[first, "row"]}
+        for j in rest:
+            merged_into[j] = first
+            note(j, {"what": "merge_duplicate_question",
+                     "before": {"question": df.at[j, "question"], "answers": answers[j]},
+                     "after": {"merged_into": kept, "answers": union}})
+        if len(union) > len(answers[first]):
+            note(first, {"what": "merge_duplicate_question", "before": {"answers": answers[first]},
+                         "after": {"answers": union, "merged_from": [df.at[j, "id"] for j in rest]}})
+            answers[first] = union
+    df["answers"] = pd.Series([answers[i] for i in df.index], index=df.index, dtype=object)
+    return Repaired(df.drop(index=list(merged_into)), records, merged_into)
+
+
 @dataclass(frozen=True)
 class ValidationSummary:
-    """What happened to every row: accepted + rejected == rows_in, always."""
+    """What happened to every row read: rows_in == accepted + repaired + rejected, always.
+
+    accepted: written as read. repaired: changed by a repair and written, or merged into another row
+    (``merged`` of them, which have no line of their own). written: lines per split file, so
+    sum(written) == sum(accepted) + sum(repaired) - merged.
+    """
 
     rows_in: int
     accepted: dict[str, int]
+    repaired: dict[str, int]
+    merged: int
     rejected: int
+    written: dict[str, int]
+    repairs_by_kind: dict[str, int]
     failures_by_check: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows_in": self.rows_in, "accepted": sum(self.accepted.values()),
-                "accepted_by_split": self.accepted, "rejected": self.rejected,
+                "repaired": sum(self.repaired.values()), "rejected": self.rejected, "merged": self.merged,
+                "accepted_by_split": self.accepted, "repaired_by_split": self.repaired,
+                "written_by_split": self.written, "repairs_by_kind": self.repairs_by_kind,
                 "failures_by_check": self.failures_by_check}
 
 
 def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, list[str]]:
-    """Map frame index → sorted names of the checks that row fails (all failures, lazily collected)."""
+    """Map frame position → sorted names of the checks that row fails (all failures, lazily collected)."""
     df = df.reset_index(drop=True)
     try:
         build_schema(params).validate(df, lazy=True)
@@ -485,7 +750,8 @@ def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, lis
     unplaced = fc[fc["index"].isna()]
     if not unplaced.empty:  # a check that could not run must not let rows through unchecked
         case = unplaced.iloc[0]
-        raise DataError(f"check {case['check']} could not run: {str(case['failure_case']).replace(chr(10), ' ')}")
+        failure = str(case["failure_case"]).replace("\n", " ")
+        raise DataError(f"check {case['check']} could not run: {failure}")
     reasons: dict[int, list[str]] = {}
     for _, case in fc.drop_duplicates(["index", "check"]).iterrows():
         check = str(case["check"])
@@ -514,23 +780,45 @@ def _shown_id(v: Any) -> str | None:
 
 
 def validate_squad_records(raw_path: Path, out_dir: Path, rejected_path: Path, report_path: Path,
-                           params: ValidateParams) -> ValidationSummary:
-    """Validate raw QA data and write ``out_dir/{train,dev,test}.jsonl``; raise on bad rows in fail mode."""
-    df = read_qa_records(raw_path, params.format).reset_index(drop=True)
-    reasons = find_invalid_rows(df, params)
+                           params: ValidateParams, *, repairs_path: Path | None = None) -> ValidationSummary:
+    """Validate raw QA data and write ``out_dir/{train,dev,test}.jsonl``; raise on bad rows in fail mode.
+
+    With ``params.repair`` the rows are repaired first (``repair_records``); the repairs of rows that are
+    written go to ``repairs_path`` (default: repairs.jsonl beside ``rejected_path``), always written, empty
+    when there are none. A merged row is rejected with the row it was merged into, with that row's reasons
+    and duplicate_question_on_context, so that every row read is accounted for.
+    """
+    df = read_qa_records(raw_path, params.format, require_splits=True).reset_index(drop=True)
+    fixed = repair_records(df) if params.repair else Repaired(df, {}, {})
+    reasons = {int(fixed.frame.index[i]): r for i, r in find_invalid_rows(fixed.frame, params).items()}
+    for j, first in fixed.merged_into.items():
+        if first in reasons:
+            reasons[j] = sorted({*reasons[first], "duplicate_question_on_context"})
+    reasons = dict(sorted(reasons.items()))
     by_check = dict(Counter(r for rs in reasons.values() for r in rs).most_common())
     if reasons and params.on_invalid == "fail":
         raise DataError(_failure_summary(df, reasons, by_check))
-    keep = df.drop(index=list(reasons))
-    accepted = {}
+    repairs = {i: recs for i, recs in fixed.records.items() if i not in reasons}
+    keep = fixed.frame.drop(index=[i for i in reasons if i in fixed.frame.index])
+    accepted, repaired, written = {}, {}, {}
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             part = keep[keep["split"] == split]
-            accepted[split] = write_jsonl_atomic(tmp / f"{split}.jsonl", part[OUTPUT_COLUMNS].to_dict("records"))
-    rejected_rows = [{"id": _shown_id(df.loc[i, "id"]), "source": df.loc[i, "source"], "row": df.loc[i, "row"],
-                      "reasons": reasons[i]} for i in sorted(reasons)]
+            written[split] = write_jsonl_atomic(tmp / f"{split}.jsonl",
+                                                part[OUTPUT_COLUMNS].to_dict("records"))
+            repaired[split] = sum(1 for i in repairs if df.at[i, "split"] == split)
+            accepted[split] = sum(1 for i in part.index if i not in repairs)
+    rejected_rows = [{"id": _shown_id(df.at[i, "id"]), "source": df.at[i, "source"], "row": df.at[i, "row"],
+                      "reasons": reasons[i]} for i in reasons]
     write_jsonl_atomic(rejected_path, rejected_rows)
-    summary = ValidationSummary(len(df), accepted, len(rejected_rows), by_check)
-    assert summary.rows_in == sum(accepted.values()) + summary.rejected, "row accounting broken"
+    repair_rows = [record for i in sorted(repairs) for record in repairs[i]]
+    write_jsonl_atomic(repairs_path or Path(rejected_path).parent / "repairs.jsonl", repair_rows)
+    merged = sum(1 for j in fixed.merged_into if j not in reasons)
+    summary = ValidationSummary(
+        rows_in=len(df), accepted=accepted, repaired=repaired, merged=merged, rejected=len(rejected_rows),
+        written=written, repairs_by_kind=dict(Counter(r["what"] for r in repair_rows).most_common()),
+        failures_by_check=by_check)
+    assert summary.rows_in == sum(accepted.values()) + sum(repaired.values()) + summary.rejected, "rows lost"
+    assert sum(written.values()) == sum(accepted.values()) + sum(repaired.values()) - merged, "lines lost"
     write_json_atomic(report_path, summary.as_dict())
     return summary

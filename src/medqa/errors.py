@@ -15,3 +15,7 @@ class DataError(MedqaError):
 
 class ModelError(MedqaError):
     """A model or registry entry cannot be found or loaded."""
+
+
+class BusyError(MedqaError):
+    """Another process holds a resource this one needs (a second trainer on the same state)."""

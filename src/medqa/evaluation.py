@@ -5,9 +5,8 @@ The abstention threshold is tuned on dev and applied unchanged on test; it is wr
 ``reports/decoding.json`` and travels with the registered model so predictions match evaluation.
 
 Baselines: a lexical window matcher and the untrained base model are the floor the model must beat
-(``best_baseline``, ``lead_over_best_baseline``). The registry's ``@champion``, when there is one, is
-a regression check instead: it is scored as it is served (its own tokenizer, windows, decoding and
-recorded threshold) and reported as ``registry_champion`` with ``lead_over_champion``.
+(``best_baseline``, ``lead_over_best_baseline``). The stage reads nothing but its dvc.yaml deps: the
+registry's ``@champion`` is compared with the candidate by the register stage, on the same rows.
 
 ``evaluate_model`` is the ad-hoc mode (``medqa evaluate --model ... --split ...``): any saved or
 registered model on a validated split or a user's data file, with the model's recorded threshold.
@@ -27,106 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from transformers import PreTrainedModel
 
-from medqa.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medqa.atomic import read_jsonl, strict_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medqa.baselines import lexical_answer
 from medqa.config import DecodeParams, EvaluateParams, ValidateParams
-from medqa.decoding import SpanDecision, decode_best_spans, predict_logits, tune_null_threshold
+from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
 from medqa.device import to_inference_device
 from medqa.errors import DataError
-from medqa.metrics import bootstrap_ci, score_question
-from medqa.predictor import SavedModel, load_saved_model
-
-
-def gold_texts(row: dict[str, Any]) -> list[str]:
-    """Gold answer strings of a validated row ([] when unanswerable)."""
-    return [a["text"] for a in row["answers"]]
-
-
-def decide(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-           decode: DecodeParams, batch_size: int, pad_id: int) -> list[SpanDecision]:
-    """Run the model over a split's windows and decode one SpanDecision per question."""
-    return decide_timed(model, features, rows, decode, batch_size, pad_id)[0]
-
-
-def decide_timed(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                 decode: DecodeParams, batch_size: int, pad_id: int) -> tuple[list[SpanDecision], float]:
-    """``decide``, plus the seconds of its batched model forward over all of ``features``.
-
-    The pass is timed where it runs so throughput needs no second pass over the split; decoding is
-    left out of the clock, as it was when throughput had a pass of its own. ``predict_logits`` copies
-    every batch's logits to the CPU, so on a GPU the clock stops only when the work is done.
-    """
-    if not rows:
-        return [], 0.0
-    start = time.perf_counter()
-    starts, ends = predict_logits(model, features, batch_size, pad_id)
-    seconds = time.perf_counter() - start
-    return decode_best_spans(features, starts, ends, [r["context"] for r in rows], decode), seconds
-
-
-def _f1(pred: str, golds: Sequence[str]) -> float:
-    return score_question(pred, golds)[1]
-
-
-def score_split(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                decode: DecodeParams, batch_size: int, pad_id: int) -> dict[str, float]:
-    """EM/F1 on a split with the threshold tuned on that same split (a monitoring figure)."""
-    decisions = decide(model, features, rows, decode, batch_size, pad_id)
-    golds = [gold_texts(r) for r in rows]
-    thr, _ = tune_null_threshold(decisions, golds, _f1)
-    return summarize([d.answer(thr) for d in decisions], rows)
-
-
-def summarize(predictions: Sequence[str], rows: Sequence[dict[str, Any]],
-              bootstrap_samples: int = 0) -> dict[str, Any]:
-    """EM/F1 overall, on answerable and unanswerable questions, and per question type."""
-    per_q = [score_question(p, gold_texts(r)) for p, r in zip(predictions, rows)]
-
-    def mean(idx: list[int], k: int) -> float:
-        return float(np.mean([per_q[i][k] for i in idx])) if idx else float("nan")
-
-    all_i = list(range(len(rows)))
-    has = [i for i in all_i if rows[i]["answers"]]
-    no = [i for i in all_i if not rows[i]["answers"]]
-    out: dict[str, Any] = {"n": len(rows), "exact": mean(all_i, 0), "f1": mean(all_i, 1),
-                           "has_ans_n": len(has), "has_ans_f1": mean(has, 1), "has_ans_exact": mean(has, 0),
-                           "no_ans_n": len(no), "no_ans_f1": mean(no, 1)}
-    if bootstrap_samples:
-        lo, hi = bootstrap_ci([q[1] for q in per_q], bootstrap_samples)
-        out["f1_ci95"] = [lo, hi]
-        by_type: dict[str, list[int]] = defaultdict(list)
-        for i in all_i:
-            by_type[rows[i].get("question_type") or "unlabelled"].append(i)
-        out["by_type"] = {t: {"n": len(ix), "f1": mean(ix, 1), "exact": mean(ix, 0)} for t, ix in sorted(by_type.items())}
-    return out
-
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-_STOP = set("a an the of in on at to for from by with and or is are was were be been what which who whom "
-            "whose when where why how does do did can could should would will may might it its this that "
-            "these those as into about than then there their they i you he she we my your his her our".split())
-
-
-def lexical_answer(question: str, context: str, span_words: int = 4, window: int = 10) -> str:
-    """No-training baseline: the ``span_words``-word span, free of question words, whose
-    surrounding ``window`` words share the most content words with the question."""
-    q_words = {w.lower() for w in _WORD.findall(question)} - _STOP
-    tokens = list(_WORD.finditer(context))
-    if not tokens:
-        return ""
-    lowered = [t.group().lower() for t in tokens]
-    best, best_score = (0, min(span_words, len(tokens)) - 1), -1.0
-    for s in range(len(tokens)):
-        e = min(s + span_words, len(tokens)) - 1
-        if any(w in q_words for w in lowered[s:e + 1]):
-            continue
-        near = lowered[max(0, s - window):s] + lowered[e + 1:e + 1 + window]
-        score = len(q_words.intersection(near))
-        if score > best_score:
-            best, best_score = (s, e), score
-    return context[tokens[best[0]].start():tokens[best[1]].end()]
+from medqa.metrics import score_question
+from medqa.predictor import load_saved_model, score_saved_model
+from medqa.scoring import decide, decide_timed, f1_of, gold_texts, summarize
+from medqa.tracking import configure_tracking, file_md5
 
 
 def measure_speed(model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int,
@@ -181,72 +92,9 @@ def _tuned_predictions(model: PreTrainedModel, dev: tuple, test: tuple, decode: 
     """Threshold tuned on dev, the test decisions it will be applied to, the test pass's seconds,
     and dev EM/F1 at that threshold (the figure a recipe study selects on)."""
     dev_dec = decide(model, dev[0], dev[1], decode, batch_size, pad_id)
-    thr, _ = tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], _f1) if dev_dec else (0.0, 0.0)
+    thr, _ = tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of) if dev_dec else (0.0, 0.0)
     dev_scores = summarize([d.answer(thr) for d in dev_dec], dev[1]) if dev_dec else {}
     return (thr, *decide_timed(model, test[0], test[1], decode, batch_size, pad_id), dev_scores)
-
-
-def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str],
-                      batch_size: int) -> tuple[list[SpanDecision], list[dict[str, Any]], float]:
-    """Decisions on ``rows`` tokenized with the model's own tokenizer and windows; also the windows
-    and the seconds of the batched forward pass. ``labels`` name the rows in errors.
-
-    A question too long for the model's windows is refused up front: the tokenizer would abort the
-    whole process with a Rust panic instead of raising.
-    """
-    from medqa.features import build_eval_features
-    from medqa.predictor import max_question_tokens
-
-    limit = max_question_tokens(saved.tokenizer, saved.tokenize)
-    lengths = [len(ids) for ids in saved.tokenizer([r["question"].lstrip() for r in rows],
-                                                   add_special_tokens=False)["input_ids"]] if rows else []
-    for label, n in zip(labels, lengths):
-        if n > limit:
-            raise DataError(f"{label}: question has {n} tokens; this model takes at most {limit}")
-    features = build_eval_features(saved.tokenizer, list(rows), saved.tokenize) if rows else []
-    decisions, seconds = decide_timed(saved.model, features, rows, saved.decode, batch_size,
-                                      saved.tokenizer.pad_token_id or 0)
-    return decisions, features, seconds
-
-
-def champion_baseline(model_name: str, rows: Sequence[dict[str, Any]], batch_size: int) -> tuple[dict[str, Any] | None,
-                                                                                                  str | None]:
-    """The registry's ``@champion`` of ``model_name`` scored on ``rows`` as it is served, and a warning.
-
-    (None, None) when there is no champion yet (no registered model, or no alias); (None, why) when
-    there is one but it cannot be fetched, loaded or scored: a regression check that cannot run must
-    not fail the stage, and says why instead.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from medqa.registry import fetch_registered_model
-    from medqa.tracking import configure_tracking
-
-    try:
-        configure_tracking()
-        version = MlflowClient().get_registered_model(model_name).aliases.get("champion")
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None, None
-        return None, f"registry not readable, champion not scored ({e.message.splitlines()[0]})"
-    if version is None:
-        return None, None
-    uri = f"models:/{model_name}/{version}"
-    # Whatever breaks the champion (missing files, bad weights, a question its windows cannot take)
-    # becomes the warning: the figures of the model under test do not depend on it.
-    try:
-        with tempfile.TemporaryDirectory(prefix="medqa-champion-") as tmp:
-            folder, _, version = fetch_registered_model(uri, Path(tmp))
-            saved = load_saved_model(folder)
-            decisions, _, _ = score_saved_model(saved, rows, [f"test row {i + 1}" for i in range(len(rows))],
-                                                batch_size)
-    except Exception as e:  # noqa: BLE001
-        lines = str(e).strip().splitlines()
-        return None, f"champion {uri} not scored: {lines[0] if lines else type(e).__name__}"
-    scores = summarize([d.answer(saved.threshold) for d in decisions], rows)
-    return {"version": str(version), "model_uri": uri, "null_threshold": saved.threshold,
-            **{k: scores[k] for k in ("exact", "f1", "has_ans_f1", "no_ans_f1")}}, None
 
 
 def _prediction_records(rows: Sequence[dict[str, Any]], preds: Sequence[str],
@@ -279,12 +127,8 @@ def completed_curve(model_dir: Path, dev_scores: dict[str, Any]) -> list[dict[st
 
 
 def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path, reports_dir: Path,
-                        base_model: str, params: EvaluateParams, model_name: str | None = None) -> dict[str, Any]:
-    """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding.
-
-    With ``model_name``, the registry's current ``@champion`` of that name is scored on the same test
-    rows as a regression check (``registry_champion``, ``lead_over_champion``; null when there is none).
-    """
+                        base_model: str, params: EvaluateParams) -> dict[str, Any]:
+    """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding."""
     from transformers import set_seed
 
     from medqa.modelsource import load_qa_model, load_tokenizer
@@ -312,23 +156,16 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
                       params.batch_size, pad_id)
     # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
     # bound (and one dev pass is saved).
-    base_thr, _ = tune_null_threshold(base_dec, [gold_texts(r) for r in test_rows], _f1) if base_dec else (0.0, 0.0)
+    base_thr, _ = tune_null_threshold(base_dec, [gold_texts(r) for r in test_rows], f1_of) if base_dec else (0.0, 0.0)
     untrained = summarize([d.answer(base_thr) for d in base_dec], test_rows)
     baselines = {"lexical_window": lexical["f1"], "base_model_untrained": untrained["f1"]}
-    best_name = max(baselines, key=baselines.get)  # the floor: the champion is a regression check, not a floor
-    champion, champion_warning = (champion_baseline(model_name, test_rows, params.batch_size)
-                                  if model_name and test_rows else (None, None))
-    if champion is not None:
-        baselines["registry_champion"] = champion["f1"]
+    best_name = max(baselines, key=baselines.get)
 
     report = {"split": "test", **metrics, "dev_f1": dev_scores.get("f1"), "dev_exact": dev_scores.get("exact"),
               "null_threshold": thr, "baselines_f1": baselines,
               "best_baseline": best_name, "lead_over_best_baseline": metrics["f1"] - baselines[best_name],
-              "registry_champion": champion, "champion_version": champion["version"] if champion else None,
-              "lead_over_champion": metrics["f1"] - champion["f1"] if champion else None,
+              "test_md5": file_md5(Path(validated_dir) / "test.jsonl"),
               "speed": speed, "speed_device": str(model.device), "backend": config.get("backend")}
-    if champion_warning:
-        report["registry_champion_warning"] = champion_warning
     decoding = {"n_best": params.decode.n_best, "max_answer_length": params.decode.max_answer_length,
                 "null_threshold": thr, "max_seq_length": config["max_seq_length"],
                 "doc_stride": config["doc_stride"]}
@@ -337,20 +174,16 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     if curve is not None:
         write_json_atomic(reports_dir / "train_curve.json", curve)
     if config.get("run_id"):
-        from medqa.tracking import configure_tracking
-
         configure_tracking()
         with mlflow.start_run(run_id=config["run_id"]):
             mlflow.log_metrics({"test_f1": metrics["f1"], "test_em": metrics["exact"],
                                 "test_has_ans_f1": metrics["has_ans_f1"], "test_no_ans_f1": metrics["no_ans_f1"],
                                 "null_threshold": thr, "lead_over_best_baseline": report["lead_over_best_baseline"]}
-                               | ({"lead_over_champion": report["lead_over_champion"]} if champion else {})
                                | {f"baseline_f1_{k}": v for k, v in baselines.items()}
                                | {k: v for k, v in speed.items()})
             if curve and dev_scores:
                 mlflow.log_metrics({"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]}, step=curve[-1]["epoch"])
-            mlflow.set_tag("champion_version", report["champion_version"] or "none")
-            mlflow.log_dict(report, "evaluation/metrics.json")
+            mlflow.log_dict(strict_json(report), "evaluation/metrics.json")
     return report
 
 
@@ -425,7 +258,6 @@ def evaluate_model(model: str, split: str, validated_dir: Path, reports_dir: Pat
     with tempfile.TemporaryDirectory(prefix="medqa-eval-") as tmp:
         if model.startswith("models:/"):
             from medqa.registry import fetch_registered_model
-            from medqa.tracking import configure_tracking
 
             configure_tracking()
             folder, name, version = fetch_registered_model(model, Path(tmp))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -17,11 +17,12 @@ from typing import IO, Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
-from medqa.decoding import decode_best_spans, predict_logits
+from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
 from medqa.device import to_inference_device
 from medqa.errors import DataError, ModelError
 from medqa.features import build_eval_features
 from medqa.modelsource import load_qa_model, load_tokenizer
+from medqa.scoring import decide_timed
 
 DECODING_FILE = "decoding.json"
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
@@ -80,6 +81,26 @@ def load_saved_model(folder: Path, decoding_file: Path | None = None, device: st
         raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
     model = to_inference_device(load_qa_model(str(folder)), device)
     return SavedModel(model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file)
+
+
+def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str],
+                      batch_size: int) -> tuple[list[SpanDecision], list[dict[str, Any]], float]:
+    """Decisions on ``rows`` tokenized with the model's own tokenizer and windows; also the windows
+    and the seconds of the batched forward pass. ``labels`` name the rows in errors.
+
+    A question too long for the model's windows is refused up front: the tokenizer would abort the
+    whole process with a Rust panic instead of raising.
+    """
+    limit = max_question_tokens(saved.tokenizer, saved.tokenize)
+    lengths = [len(ids) for ids in saved.tokenizer([r["question"].lstrip() for r in rows],
+                                                   add_special_tokens=False)["input_ids"]] if rows else []
+    for label, n in zip(labels, lengths):
+        if n > limit:
+            raise DataError(f"{label}: question has {n} tokens; this model takes at most {limit}")
+    features = build_eval_features(saved.tokenizer, list(rows), saved.tokenize) if rows else []
+    decisions, seconds = decide_timed(saved.model, features, rows, saved.decode, batch_size,
+                                      saved.tokenizer.pad_token_id or 0)
+    return decisions, features, seconds
 
 
 class QAPredictor:

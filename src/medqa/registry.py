@@ -1,8 +1,16 @@
 """The register stage: log the model to MLflow as a pyfunc, register a version, and move the
 ``champion`` alias only when the new version passes the gate.
 
-Gate: test F1 >= ``register.min_f1`` and not below the current champion's test F1. Every new version
-gets the ``candidate`` alias; every decision is written to reports/registration.json with its reason.
+One gate, on the same rows: the candidate's test F1 (from the evaluate stage) must be a real number
+on a non-empty test split, at least ``register.min_f1``, and not below the current champion scored
+*now*, as it is served, on the very same test rows (``data/validated/test.jsonl``). A champion that
+cannot be scored is compared by its recorded F1 only when it was measured on the same test set
+(same content hash); otherwise the gate refuses and says so. Every decision and its reason go to
+reports/registration.json and onto the model version.
+
+Registration is idempotent: a checkpoint already registered (same weights, tokenizer and decoding
+settings, by content hash) is never logged again; a rerun caused by a gate-only change (say
+``register.min_f1``) re-decides the alias for the existing version and says so.
 
 Every move of ``champion`` (the gate, ``medqa promote``, ``medqa rollback``) is appended to the
 registered model's ``champion_history`` tag, a JSON list kept in the registry itself so that any
@@ -11,9 +19,12 @@ machine with the tracking URI sees the same history and rollback can go back mor
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,11 +36,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from medqa.atomic import write_json_atomic
+from medqa.atomic import read_jsonl, strict_json, write_json_atomic
 from medqa.config import RegisterParams
 from medqa.errors import ModelError
-from medqa.predictor import DECODING_FILE
-from medqa.tracking import configure_tracking, git_commit
+from medqa.predictor import DECODING_FILE, load_saved_model, score_saved_model
+from medqa.scoring import summarize
+from medqa.tracking import configure_tracking, file_md5, git_commit
 
 HISTORY_TAG = "champion_history"
 
@@ -46,8 +58,8 @@ INPUT_EXAMPLE = pd.DataFrame([{
 }])
 
 
-def champion_f1(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
-    """(version as a string, test F1) of the current champion, or (None, None).
+def current_champion(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
+    """(version as a string, recorded test F1) of the current champion, or (None, None).
 
     The SQLite store hands versions back as ints, the register stage as strings: strings throughout.
     """
@@ -59,21 +71,74 @@ def champion_f1(client: MlflowClient, name: str) -> tuple[str | None, float | No
     return str(mv.version), float(f1) if f1 is not None else None
 
 
-def promote_if_better(client: MlflowClient, name: str, version: str, f1: float, min_f1: float) -> dict[str, Any]:
-    """Move ``champion`` to ``version`` if it passes the gate; return the decision and its reason."""
-    prev_version, prev_f1 = champion_f1(client, name)
+def _real(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None (NaN, infinity, missing, text)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def score_champion(client: MlflowClient, name: str, version: str, rows: Sequence[dict[str, Any]],
+                   batch_size: int) -> tuple[float | None, str | None]:
+    """Test F1 of ``name`` v``version`` on ``rows``, scored as it is served (its own tokenizer, windows,
+    decoding and threshold); (None, why) when it cannot be fetched, loaded or scored."""
+    uri = f"models:/{name}/{version}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="medqa-champion-") as tmp:
+            folder, _, _ = fetch_registered_model(uri, Path(tmp))
+            saved = load_saved_model(folder)
+            decisions, _, _ = score_saved_model(saved, rows, [f"test row {i + 1}" for i in range(len(rows))],
+                                                batch_size)
+    except Exception as e:  # noqa: BLE001 - whatever breaks the old champion is a reason, not a crash
+        lines = str(e).strip().splitlines()
+        return None, f"{uri} could not be scored: {lines[0] if lines else type(e).__name__}"
+    return _real(summarize([d.answer(saved.threshold) for d in decisions], rows)["f1"]), None
+
+
+def gate(client: MlflowClient, name: str, version: str, f1: float | None, rows: Sequence[dict[str, Any]],
+         test_md5: str, min_f1: float, batch_size: int) -> dict[str, Any]:
+    """Decide whether ``version`` (test F1 ``f1`` on ``rows``) becomes ``champion``; move it if so.
+
+    Returns the decision with its reason and what it was compared against.
+    """
+    prev_version, prev_recorded = current_champion(client, name)
+    decision: dict[str, Any] = {"previous_champion": prev_version, "previous_champion_f1": None,
+                                "previous_champion_f1_from": None}
+
+    def refuse(reason: str) -> dict[str, Any]:
+        return decision | {"promoted": False, "reason": reason}
+
+    if prev_version == version:
+        fails = ("" if f1 is not None and f1 >= min_f1 else
+                 f"; it would not pass the gate now (test F1 {f1} vs register.min_f1 {min_f1}): "
+                 "`medqa rollback` moves the alias back")
+        return decision | {"promoted": True, "previous_champion_f1": prev_recorded,
+                           "reason": f"v{version} is already @champion; alias unchanged{fails}"}
+    if not rows:
+        return refuse("the test split is empty: nothing to compare on")
+    if f1 is None:
+        return refuse("test F1 is not a number")
     if f1 < min_f1:
-        promoted, reason = False, f"test F1 {f1:.4f} is below register.min_f1 {min_f1:.4f}"
-    elif prev_f1 is not None and f1 < prev_f1:
-        promoted, reason = False, f"test F1 {f1:.4f} is below champion v{prev_version}'s {prev_f1:.4f}"
+        return refuse(f"test F1 {f1:.4f} is below register.min_f1 {min_f1:.4f}")
+    if prev_version is not None:
+        champ_f1, why = score_champion(client, name, prev_version, rows, batch_size)
+        source = "scored now on the same test rows"
+        if champ_f1 is None:
+            champ = client.get_model_version(name, prev_version)
+            if champ.tags.get("test_md5") != test_md5 or _real(champ.tags.get("test_f1")) is None:
+                return refuse(f"{why}, and its recorded F1 is not from this test set; "
+                              f"compare by hand and use `medqa promote {version}`")
+            champ_f1, source = _real(champ.tags["test_f1"]), f"its recorded F1 on the same test set ({why})"
+        decision |= {"previous_champion_f1": champ_f1, "previous_champion_f1_from": source}
+        if f1 < champ_f1:
+            return refuse(f"test F1 {f1:.4f} is below champion v{prev_version}'s {champ_f1:.4f} ({source})")
+        reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f} and >= champion v{prev_version}'s {champ_f1:.4f} ({source})"
     else:
-        promoted = True
-        reason = (f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f}" +
-                  (f" and >= champion v{prev_version}'s {prev_f1:.4f}" if prev_f1 is not None else "; no champion yet"))
-    if promoted:
-        move_champion(client, name, version, "gate", reason)
-    return {"promoted": promoted, "reason": reason, "previous_champion": prev_version,
-            "previous_champion_f1": prev_f1}
+        reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f}; no champion yet"
+    move_champion(client, name, version, "gate", reason)
+    return decision | {"promoted": True, "reason": reason}
 
 
 def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
@@ -87,7 +152,7 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
 
     ``action`` is gate, promote or rollback; the version also gets a ``previous_champion`` tag.
     """
-    previous, _ = champion_f1(client, name)
+    previous, _ = current_champion(client, name)
     history = champion_history(client, name)
     client.set_registered_model_alias(name, "champion", version)
     event = {"version": str(version), "previous": previous, "action": action, "reason": reason,
@@ -149,7 +214,7 @@ def promote(client: MlflowClient, name: str, version: str) -> dict[str, Any] | N
     """Make ``version`` the champion by hand, bypassing the gate; None when it already is."""
     _registered_model(client, name)
     mv = _model_version(client, name, str(version))
-    version, (current, current_f1) = str(mv.version), champion_f1(client, name)
+    version, (current, current_f1) = str(mv.version), current_champion(client, name)
     if current == version:
         return None
     f1 = mv.tags.get("test_f1", "unknown")
@@ -177,7 +242,7 @@ def rollback(client: MlflowClient, name: str) -> dict[str, Any]:
     Versions deleted since they were champion are skipped; a champion set outside medqa counts as the
     latest move.
     """
-    current, _ = champion_f1(client, name)
+    current, _ = current_champion(client, name)
     if current is None:
         raise ModelError(f"{name} has no champion to roll back")
     stack = _champion_stack(champion_history(client, name))
@@ -221,43 +286,94 @@ def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[s
             "run_link": f"{tracking_uri}#/experiments/{run.info.experiment_id}/runs/{run_id}"}
 
 
-def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, out_path: Path,
-                   params: RegisterParams) -> dict[str, Any]:
-    """Log and register the checkpoint, tag it with its figures, apply the gate, write the decision."""
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / "medqa.json").read_text())
-    metrics = json.loads(Path(metrics_path).read_text())
-    tracking_uri = configure_tracking()
-    client = MlflowClient()
+def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
+    """SHA-256 of what serving depends on: every file of the checkpoint except the run's own records
+    (medqa.json, train_curve.json: timings differ between identical trainings) and the decoding
+    settings. Equal hashes mean the same answers for every question."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        if path.name in ("medqa.json", "train_curve.json"):
+            continue
+        h.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + file_md5(path).encode())
+    h.update(json.dumps(decoding, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _version_with_hash(client: MlflowClient, name: str, content_hash: str) -> str | None:
+    """The version of ``name`` already holding this checkpoint, or None."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    return next((str(mv.version) for mv in versions if mv.tags.get("content_hash") == content_hash), None)
+
+
+def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: str) -> str:
+    """Log the checkpoint as a pyfunc into the training run and register it; return the version."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "model_dir"
         shutil.copytree(model_dir, bundle)
         shutil.copy(decoding_path, bundle / DECODING_FILE)
-        with mlflow.start_run(run_id=config["run_id"]) as run:
+        try:
+            run_ctx = mlflow.start_run(run_id=run_id)
+        except MlflowException as e:
+            raise ModelError(f"training run {run_id} is not in the MLflow store ({e.message.splitlines()[0]}); "
+                             "was mlruns/ removed? Retrain with `dvc repro -f train`") from None
+        with run_ctx:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PACKAGE_DIR / "qa_model.py"), artifacts={"model_dir": str(bundle)},
                 code_paths=[str(PACKAGE_DIR)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
-                registered_model_name=params.model_name,
+                registered_model_name=model_name,
                 pip_requirements=["torch", "transformers>=5", "pandas", "mlflow>=3"],
             )
-    version = str(info.registered_model_version)
-    f1 = float(metrics["f1"])
-    tags = {"test_f1": f"{f1:.6f}", "test_em": f"{metrics['exact']:.6f}", "backend": config.get("backend", ""),
-            "base_model": config.get("base_model", ""), "run_id": run.info.run_id,
-            "best_baseline_f1": f"{metrics['baselines_f1'][metrics['best_baseline']]:.6f}"} | \
-        lineage_tags(client, run.info.run_id, tracking_uri)
-    for k, v in tags.items():
+    return str(info.registered_model_version)
+
+
+def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, test_path: Path, out_path: Path,
+                   params: RegisterParams, batch_size: int = 64) -> dict[str, Any]:
+    """Register the checkpoint (once per content hash), tag it with its figures, apply the gate on
+    the test rows of ``test_path``, write the decision."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "medqa.json").read_text())
+    metrics = json.loads(Path(metrics_path).read_text())
+    decoding = json.loads(Path(decoding_path).read_text())
+    rows, test_md5 = read_jsonl(Path(test_path)), file_md5(Path(test_path))
+    if metrics.get("test_md5") not in (None, test_md5):
+        raise ModelError(f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`")
+    f1, em = _real(metrics.get("f1")), _real(metrics.get("exact"))
+    tracking_uri = configure_tracking()
+    client = MlflowClient()
+    content_hash = checkpoint_hash(model_dir, decoding)
+    version = _version_with_hash(client, params.model_name, content_hash)
+    reused = version is not None
+    run_id = config["run_id"]
+    if version is None:
+        version = _log_version(model_dir, decoding_path, run_id, params.model_name)
+        best = metrics["best_baseline"]
+        tags = {"test_f1": f"{f1:.6f}" if f1 is not None else "nan", "test_em": f"{em:.6f}" if em is not None else "nan",
+                "test_n": str(len(rows)), "test_md5": test_md5, "content_hash": content_hash,
+                "backend": config.get("backend", ""), "base_model": config.get("base_model", ""), "run_id": run_id,
+                "best_baseline_f1": f"{metrics['baselines_f1'][best]:.6f}"} | lineage_tags(client, run_id, tracking_uri)
+        for k, v in tags.items():
+            client.set_model_version_tag(params.model_name, version, k, v)
+        figures = (f"Test F1 {f1:.4f}, EM {em:.4f}" if f1 is not None and em is not None else "Test F1 not a number")
+        client.update_model_version(params.model_name, version, description=(
+            f"Extractive QA for AMD clinical text (research use, not medical advice). {figures} on {len(rows)} "
+            f"questions; best baseline {best} F1 {metrics['baselines_f1'][best]:.4f}. Run {run_id}."))
+        client.set_registered_model_alias(params.model_name, "candidate", version)
+    decision = gate(client, params.model_name, version, f1, rows, test_md5, params.min_f1, batch_size)
+    if reused:
+        decision["reason"] = f"already registered as v{version} (same checkpoint); gate re-decided: {decision['reason']}"
+    for k, v in (("gate_promoted", str(decision["promoted"]).lower()), ("gate_reason", decision["reason"])):
         client.set_model_version_tag(params.model_name, version, k, v)
-    client.update_model_version(params.model_name, version, description=(
-        f"Extractive QA for AMD clinical text (research use, not medical advice). Test F1 {f1:.4f}, "
-        f"EM {metrics['exact']:.4f}; best baseline {metrics['best_baseline']} F1 "
-        f"{metrics['baselines_f1'][metrics['best_baseline']]:.4f}. Run {run.info.run_id}."))
-    client.set_registered_model_alias(params.model_name, "candidate", version)
-    decision = promote_if_better(client, params.model_name, version, f1, params.min_f1)
-    record = {"model_name": params.model_name, "version": version, "test_f1": f1, "min_f1": params.min_f1,
-              "run_id": run.info.run_id, "model_uri": f"models:/{params.model_name}/{version}", **decision}
-    with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_dict(record, "registration.json")
-        mlflow.set_tag("registered_version", version)
+    record = {"model_name": params.model_name, "version": version, "new_version": not reused, "test_f1": f1,
+              "test_n": len(rows), "test_md5": test_md5, "min_f1": params.min_f1, "run_id": run_id,
+              "content_hash": content_hash, "model_uri": f"models:/{params.model_name}/{version}", **decision}
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_dict(strict_json(record), "registration.json")
+            mlflow.set_tag("registered_version", version)
+    except MlflowException:
+        pass  # a reused version whose training run was removed: the registry already holds the record
     write_json_atomic(out_path, record)
     return record

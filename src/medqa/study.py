@@ -58,7 +58,7 @@ def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         validation = ((data.get("metrics") or {}).get("reports/validation.json") or {}).get("data") or {}
         row = {"name": name, "seed": params.get("train", {}).get("seed"),
-               "data.train_questions": (validation.get("accepted_by_split") or {}).get("train")}
+               "data.train_questions": (validation.get("written_by_split") or validation.get("accepted_by_split") or {}).get("train")}
         for group, key, _ in KNOBS[1:]:  # a key missing from params.yaml (older code) has its built-in default
             row[f"{group}.{key}"] = params.get(group, {}).get(key, DEFAULTS.get(f"{group}.{key}"))
         row.update(test_f1=metrics["f1"], test_em=metrics.get("exact"), dev_f1=metrics.get("dev_f1"),

@@ -8,21 +8,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medqa.reports import figure as _fmt
+
 
 def summarize_reports(reports: Path = Path("reports")) -> str:
     """A few lines from reports/metrics.json and reports/registration.json."""
     m = json.loads((reports / "metrics.json").read_text())
     r = json.loads((reports / "registration.json").read_text())
-    lo, hi = m["f1_ci95"]
-    baselines = ", ".join(f"{k} {v:.3f}" for k, v in m["baselines_f1"].items() if k != "registry_champion")
-    champion = m.get("registry_champion")
+    lo, hi = m.get("f1_ci95") or (None, None)
+    baselines = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in m["baselines_f1"].items())
+    prev = r.get("previous_champion")
+    before = (f"  @champion before this run: v{prev} F1 {_fmt(r.get('previous_champion_f1'), '.3f')} "
+              f"({r.get('previous_champion_f1_from') or 'recorded'})" if prev else "  @champion before this run: none")
     return "\n".join([
-        f"test split ({m['n']} questions): EM {m['exact']:.3f}  F1 {m['f1']:.3f}  (95% CI {lo:.3f}-{hi:.3f})",
-        f"  answerable F1 {m['has_ans_f1']:.3f} (n={m['has_ans_n']}), unanswerable F1 {m['no_ans_f1']:.3f} (n={m['no_ans_n']})",
-        f"  baselines F1: {baselines}; lead over the best: {m['lead_over_best_baseline']:+.3f}",
-        (f"  @champion before this run: v{champion['version']} F1 {champion['f1']:.3f}; "
-         f"lead: {m['lead_over_champion']:+.3f}" if champion else "  @champion before this run: none (or not scored)"),
-        f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): {r['reason']}",
+        f"test split ({m['n']} questions): EM {_fmt(m['exact'], '.3f')}  F1 {_fmt(m['f1'], '.3f')}  "
+        f"(95% CI {_fmt(lo, '.3f')}-{_fmt(hi, '.3f')})",
+        f"  answerable F1 {_fmt(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
+        f"unanswerable F1 {_fmt(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
+        f"  baselines F1: {baselines}; lead over the best: {_fmt(m['lead_over_best_baseline'], '+.3f')}",
+        before,
+        f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): "
+        f"{r['reason']}",
         "Research use only; not medical advice.",
     ])
 

@@ -8,8 +8,14 @@ tune the abstention threshold) and completes the curve: one dev pass fewer per p
 
 Training state (weights, optimizer, scheduler, RNG, curve so far) is checkpointed every epoch and
 every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill resumes
-from the last checkpoint and reaches the same final weights as an uninterrupted run; a checkpoint
-left by a different configuration (params, data, base model or training code) is discarded.
+from the last complete checkpoint and reaches the same final weights as an uninterrupted run. Only
+provably the same training is resumed: the fingerprint covers everything that changes the weights
+(every source file the stage runs, its params, the base model's weights, the features, the data,
+library versions, world size, device and precision); state of any other training is discarded.
+A checkpoint the Trainer was still writing when the process died is ignored and removed. A finished
+training deletes its state, so a completed state never stands in for training (``dvc repro -f
+train`` trains from scratch). One trainer per state folder: a lock beside it refuses a second one,
+and a trainer dies with the process that started it (a killed ``dvc`` leaves no orphan training).
 
 Under ``torchrun --nproc_per_node N`` the same code trains with DDP (RCCL on ROCm, NCCL on CUDA,
 gloo on CPU); ``train.batch_size`` stays the global batch, and only rank 0 writes files and logs.
@@ -33,16 +39,19 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+import transformers
 from datasets import load_from_disk
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, TrainParams, as_dict
-from medqa.device import detect_device, explain_precision, keep_freed_memory
-from medqa.evaluation import score_split
+from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
+from medqa.scoring import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
+from medqa.process import exclusive_state
+from medqa.provenance import sources_digest, stage_sources
 from medqa.tracking import configure_tracking, file_md5, git_commit
 
 INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction needs to match training
@@ -155,26 +164,76 @@ def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.
     ])
 
 
-def training_fingerprint(params: Params, tok_summary: dict[str, Any], data_md5: dict[str, str]) -> str:
-    """What a checkpoint must share with this run to be resumed: recipe, base model, features, data, code."""
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's initial parameters and buffers (the base model's weights, whatever their
+    source: packaged, local folder or hub cache; the new QA head is seeded, so it hashes the same)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + b"\0" + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over every file of a folder (relative names and MD5s), e.g. the tokenized features."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + file_md5(path).encode())
+    return h.hexdigest()
+
+
+def training_fingerprint(params: Params, features_md5: str, data_md5: dict[str, str], base_weights: str,
+                         device: DeviceInfo, precision: str) -> str:
+    """Everything that changes the trained weights: a checkpoint resumes only when all of it matches."""
     parts = {
-        "train": as_dict(params.train), "base_model": params.base_model, "features": tok_summary,
-        **data_md5, "code_md5": file_md5(Path(__file__)),
+        "train": as_dict(params.train), "tokenize": as_dict(params.tokenize), "base_model": params.base_model,
+        "base_weights": base_weights, "features": features_md5, **data_md5,
+        "code": sources_digest(stage_sources("train")),
+        "torch": torch.__version__, "transformers": transformers.__version__,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "device": [device.backend, device.name, device.arch], "precision": precision,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``: it writes trainer_state.json last, after
+    the weights, optimizer, scheduler and RNG state, so a parseable one marks a whole checkpoint."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(checkpoint.glob("*.safetensors")) and (checkpoint / "optimizer.pt").exists()
+
+
+def last_complete_checkpoint(state_dir: Path) -> str | None:
+    """The newest complete checkpoint in ``state_dir``; incomplete ones (a kill mid-save) are removed."""
+    found = sorted((p for p in Path(state_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                    if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()),
+                   key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    complete = []
+    for ckpt in found:
+        if _is_complete(ckpt):
+            complete.append(ckpt)
+        else:
+            print(f"removing incomplete checkpoint {ckpt} (the run writing it was interrupted)")
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return str(complete[-1]) if complete else None
+
+
 def resumable_checkpoint(state_dir: Path, fingerprint: str) -> tuple[str | None, dict[str, Any]]:
-    """The last checkpoint in ``state_dir`` if it was written by the same configuration.
+    """The last complete checkpoint in ``state_dir`` if it was written by the same training.
 
     Returns (checkpoint path or None, the saved state record). A folder left by another
     configuration is emptied, so its checkpoints can never be mixed into this run.
     """
     state_file = state_dir / STATE_FILE
-    saved = json.loads(state_file.read_text()) if state_file.exists() else {}
+    try:
+        saved = json.loads(state_file.read_text()) if state_file.exists() else {}
+    except ValueError:
+        saved = {}
     if saved.get("fingerprint") == fingerprint:
-        return get_last_checkpoint(str(state_dir)), saved
+        return last_complete_checkpoint(state_dir), saved
     if state_dir.exists():
         shutil.rmtree(state_dir)
     return None, {}
@@ -188,15 +247,19 @@ def _checkpoint_progress(checkpoint: str | None) -> tuple[float, int]:
     return float(state.get("epoch") or 0), int(state["global_step"])
 
 
-def _start_run(saved: dict[str, Any]) -> Any:
-    """Continue the interrupted run's MLflow run when it still exists, else start a new one."""
+def _start_run(saved: dict[str, Any]) -> tuple[Any, bool]:
+    """Continue the interrupted run's MLflow run when it still exists, else start a new one.
+
+    Returns (run, whether it is new): a new run gets the params, even when training resumes (the
+    store may have been removed since the interruption).
+    """
     run_id = saved.get("mlflow_run_id")
     if run_id:
         try:
-            return mlflow.start_run(run_id=run_id)
+            return mlflow.start_run(run_id=run_id), False
         except MlflowException:
             pass
-    return mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    return mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}"), True
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -208,11 +271,22 @@ def _peak_memory_mb(device: str) -> float:
 
 def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params,
               state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
-    """Train (resuming from ``state_dir`` when possible), save weights + tokenizer + inference config
-    + training curve to ``out_dir``, and return a summary. Only rank 0 writes and logs under torchrun."""
-    tp, state_dir, out_dir = params.train, Path(state_dir), Path(out_dir)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    """Train (resuming from ``state_dir`` when it holds the same training), save weights + tokenizer +
+    inference config + training curve to ``out_dir``, and return a summary.
+
+    Only rank 0 writes, logs and holds the state lock under torchrun.
+    """
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if not is_main:
+        return _fine_tune(features_dir, validated_dir, out_dir, params, Path(state_dir), is_main)
+    with exclusive_state(Path(state_dir)):
+        return _fine_tune(features_dir, validated_dir, out_dir, params, Path(state_dir), is_main)
+
+
+def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params, state_dir: Path,
+               is_main: bool) -> dict[str, Any]:
+    tp, out_dir = params.train, Path(out_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(tp.seed)
     info = detect_device(tp.device)
     precision, precision_reason = explain_precision(tp.precision, info)
@@ -223,6 +297,7 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
             shutil.rmtree(stale, ignore_errors=True)
     tokenizer = load_tokenizer(params.base_model)
     model = load_qa_model(params.base_model)
+    base_weights = weights_digest(model)
     train_ds = load_from_disk(str(Path(features_dir) / "train"))
     dev_path = Path(features_dir) / "dev"
     dev_features = load_from_disk(str(dev_path)).to_list() if dev_path.exists() else []
@@ -231,21 +306,23 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
     per_device_batch = max(1, tp.batch_size // world_size)
 
     data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl") for split in ("train", "dev")}
-    fingerprint = training_fingerprint(params, tok_summary, data_md5)
+    fingerprint = training_fingerprint(params, folder_digest(Path(features_dir)), data_md5, base_weights,
+                                       info, precision)
     resume_from, saved = None, {}
     if is_main:
         resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
         configure_tracking()
-        run = _start_run(saved)
+        run, new_run = _start_run(saved if resume_from else {})
         state_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id})
-        if not resume_from:
+        if new_run:
             mlflow.log_params(as_dict(params.train) | {"base_model": params.base_model, "world_size": world_size,
                                                        "per_device_batch_size": per_device_batch} |
                               {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
         mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
                          "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
-                         "world_size": str(world_size), **data_md5})
+                         "world_size": str(world_size), "train_fingerprint": fingerprint,
+                         "base_weights_sha256": base_weights, **data_md5})
         where = f"resuming from {resume_from}" if resume_from else "starting fresh"
         print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
               f"world size {world_size}; {where}")
@@ -306,4 +383,5 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
                         "train_tokens_per_s": tokens_per_s, "peak_memory_mb": peak_mb,
                         "final_train_loss": float(result.training_loss)})
     mlflow.end_run()
+    shutil.rmtree(state_dir, ignore_errors=True)  # finished: the next run trains, it does not resume
     return summary
