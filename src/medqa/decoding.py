@@ -3,8 +3,9 @@
 For each question, every window contributes its ``n_best`` start and end candidates; a pair is kept
 when both tokens are context tokens, end >= start and the span is at most ``max_answer_length``
 tokens. The best pair over all windows wins and maps back to original characters through the
-offsets. The null score is the smallest [CLS] score over the windows (the SQuAD v2 convention);
-the question is answered when ``best - null`` exceeds the abstention threshold.
+offsets, trimmed of surrounding whitespace (so ``answer == context[start:end]`` has no edge spaces
+whatever the tokenizer). The null score is the smallest [CLS] score over the windows (the SQuAD v2
+convention); the question is answered when ``best - null`` exceeds the abstention threshold.
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ def predict_logits(model: PreTrainedModel, features: Sequence[dict[str, Any]], b
     return starts, ends  # type: ignore[return-value]
 
 
+def _trim_whitespace(context: str, start: int, end: int) -> tuple[int, int]:
+    """``start:end`` without surrounding whitespace.
+
+    Byte-level BPE (RoBERTa, ModernBERT) and sentencepiece (ALBERT, XLM-R, DeBERTa) tokens carry the
+    space before a word, and their offsets can include it, so an untrimmed answer would read
+    " doses are not used".
+    """
+    while start < end and context[start].isspace():
+        start += 1
+    while end > start and context[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def decode_best_spans(features: Sequence[dict[str, Any]], start_logits: Sequence[np.ndarray],
                       end_logits: Sequence[np.ndarray], contexts: Sequence[str],
                       params: DecodeParams) -> list[SpanDecision]:
@@ -92,7 +107,9 @@ def decode_best_spans(features: Sequence[dict[str, Any]], start_logits: Sequence
                 for e in top_e:
                     if e < s or e - s + 1 > params.max_answer_length or offsets[e][0] < 0:
                         continue
-                    candidates.append((float(s_log[s] + e_log[e]), offsets[s][0], offsets[e][1]))
+                    start, end = _trim_whitespace(context, offsets[s][0], offsets[e][1])
+                    if start < end:  # a span of spaces only (a lone sentencepiece "▁") is no answer
+                        candidates.append((float(s_log[s] + e_log[e]), start, end))
         if null_score == math.inf:
             null_score = 0.0
         if not candidates:

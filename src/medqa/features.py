@@ -13,15 +13,33 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import TokenizeParams
 from medqa.data import SPLITS
-from medqa.modelsource import load_tokenizer
+from medqa.errors import ConfigError
+from medqa.modelsource import load_model_config, load_tokenizer, usable_positions
 
 NO_OFFSET = (-1, -1)  # marks question, special and padding tokens: never part of an answer
 SUBSET_SEED = 0  # fixed: the same questions every time, so learning-curve points are comparable
+
+
+def check_window_fits(config: PreTrainedConfig, max_seq_length: int, model_name: str) -> None:
+    """Refuse windows longer than the model has positions for.
+
+    Past the last absolute position the embedding lookup fails with an index error deep inside the
+    first training step (or, with relative or rotary positions, the model runs on lengths it was
+    never trained on); here the message names the setting to change.
+    """
+    usable = usable_positions(config)
+    if usable is None or max_seq_length <= usable:
+        return
+    rows = config.max_position_embeddings
+    offset = f" less the padding offset {rows - usable}" if rows != usable else ""
+    raise ConfigError(f"tokenize.max_seq_length {max_seq_length} is longer than {model_name} takes: "
+                      f"{usable} tokens (max_position_embeddings {rows}{offset}); "
+                      f"set tokenize.max_seq_length to at most {usable}")
 
 
 def encode_windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: list[str],
@@ -89,8 +107,10 @@ def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, 
     return [rows[i] for i in keep]
 
 
-def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str, params: TokenizeParams) -> dict[str, int]:
+def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str,
+                    params: TokenizeParams) -> dict[str, int]:
     """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets."""
+    check_window_fits(load_model_config(base_model), params.max_seq_length, base_model)
     tokenizer = load_tokenizer(base_model)
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:

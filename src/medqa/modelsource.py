@@ -1,7 +1,10 @@
 """Where model weights come from: a pip-packaged base model, a local folder, or a hub name.
 
-Nothing is downloaded unless a hub name is given and no local source matches it. Loading is safe:
-safetensors only, and ``trust_remote_code`` is never enabled.
+Nothing is downloaded unless a hub name is given and no local source matches it; a name that looks
+like a path is never sent to the hub. Loading is safe: safetensors only, and ``trust_remote_code`` is
+never enabled. The files of a local folder (or of a hub model already in the local Hugging Face
+cache) are checked first, so a truncated copy or a folder without a tokenizer fails with one line
+that names the file instead of a deserializer traceback or a silently substituted default.
 """
 
 from __future__ import annotations
@@ -9,14 +12,47 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
 from medqa.errors import ModelError
+
+# A saved tokenizer is its tokenizer.json (the fast tokenizer) or a vocabulary a slow one is built
+# from. Without any of them AutoTokenizer still returns a tokenizer: an empty one of the model's
+# class, which would turn every word into [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "spm.model", "tokenizer.model")
+# Families whose position ids start after the padding index (RoBERTa's convention): the first
+# pad_token_id + 1 rows of the position table are never used by a token.
+PADDING_OFFSET_POSITIONS = frozenset({
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+    "longformer", "mpnet", "ibert", "luke", "xmod", "markuplm", "layoutlmv3", "lilt",
+})
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` means a folder rather than a hub name ("name" or "org/name").
+
+    "./x", "../x", "~/x", an absolute path, "a/b/c", and "models/x" where ./models exists are paths:
+    a missing one must be reported as a missing folder, not looked up on the hub (which, offline,
+    retries for about a minute before failing with a hub error).
+    """
+    if name.startswith((".", "~")) or Path(name).is_absolute() or name.count("/") > 1:
+        return True
+    first, sep, _ = name.partition("/")
+    return bool(sep) and Path(first).is_dir()
 
 
 def resolve_model_source(name: str) -> str:
     """A local folder for ``name``: the folder itself, a packaged model's folder, or the hub name."""
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
     module_name = name.replace("-", "_")
@@ -27,28 +63,112 @@ def resolve_model_source(name: str) -> str:
             module = None
         if module is not None and hasattr(module, "get_model_path"):
             return str(module.get_model_path())
-    if path.is_absolute() or name.startswith("."):
-        raise ModelError(f"{name}: model folder not found")
-    return name  # a hub name: transformers resolves it (needs a network or a local cache)
+    if looks_like_path(name):
+        raise ModelError(f"{name}: model folder not found (looked for {path.absolute()}); "
+                         "a hub model is named 'org/name'")
+    return name  # a hub name: transformers resolves it (from the local cache when HF_HUB_OFFLINE=1)
+
+
+def _local_folder(source: str) -> Path | None:
+    """The folder holding ``source``'s files: the folder itself or its snapshot in the local Hugging
+    Face cache; None when the files are not here yet (transformers downloads and checks them)."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except ValueError:  # not a valid repo id: transformers reports it when loading
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def load_model_config(name: str) -> PreTrainedConfig:
+    """The model config (config.json) of ``name``, without loading weights."""
+    source = resolve_model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{name}: cannot read the model config ({_first_line(e)})") from None
+
+
+def usable_positions(config: PreTrainedConfig) -> int | None:
+    """The longest input, in tokens, the model has positions for; None when its config has no limit.
+
+    RoBERTa-style models number positions from pad_token_id + 1, so 514 rows hold 512 tokens.
+    Models with relative (DeBERTa) or rotary (ModernBERT) positions report max_position_embeddings
+    as the longest length they were trained on, which is the limit used here too.
+    """
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    if config.model_type in PADDING_OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def attention_implementation(config: PreTrainedConfig) -> str:
+    """"sdpa" when the QA model class of ``config`` implements it, else "eager" (DeBERTa-v2/v3 has
+    only eager attention; asking it for SDPA is a ValueError)."""
+    try:
+        model_class = MODEL_FOR_QUESTION_ANSWERING_MAPPING[type(config)]
+    except KeyError:
+        raise ModelError(f"{config.model_type}: transformers has no question-answering model for this "
+                         "architecture (AutoModelForQuestionAnswering)") from None
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def _check_tokenizer_files(name: str, folder: Path) -> None:
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise ModelError(f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); save the "
+                         "model's own tokenizer beside its weights (tokenizer.save_pretrained(folder))")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Read every safetensors header: a truncated or foreign file fails here, named, in one line."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{path}: not a readable safetensors file ({_first_line(e)}); the copy or "
+                             "download is incomplete or corrupt, copy it again") from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The fast tokenizer of ``name`` (offsets need a fast tokenizer)."""
+    """The fast tokenizer of ``name`` (offsets need a fast tokenizer), checked against the model's
+    embedding: a token id past its last row would fail in the middle of training."""
     source = resolve_model_source(name)
+    folder = _local_folder(source)
+    if folder is not None:
+        _check_tokenizer_files(name, folder)
     try:
         tok = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{name}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{name}: cannot load tokenizer ({_first_line(e)})") from None
     if not tok.is_fast:
-        raise ModelError(f"{name}: no fast tokenizer; character offsets need one")
+        raise ModelError(f"{name}: {type(tok).__name__} is a slow (Python-only) tokenizer and character "
+                         "offsets need a fast one; convert it to a tokenizer.json (transformers."
+                         "convert_slow_tokenizer covers most families) and save it in the model folder, "
+                         "or use a model that ships one")
+    rows = getattr(load_model_config(name), "vocab_size", None)
+    if isinstance(rows, int) and len(tok) > rows:
+        raise ModelError(f"{name}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} "
+                         "rows (config vocab_size); is the tokenizer from another model?")
     return tok
 
 
 def load_qa_model(name: str) -> PreTrainedModel:
-    """A question-answering model from ``name``; a new QA head is initialised if it has none."""
+    """A question-answering model from ``name``; a new QA head is initialised if it has none.
+
+    Attention is SDPA where the architecture implements it, eager otherwise; the choice is readable
+    as ``model.config._attn_implementation``.
+    """
     source = resolve_model_source(name)
+    folder = _local_folder(source)
+    if folder is not None:
+        _check_safetensors(folder)
+    attn = attention_implementation(load_model_config(name))
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{name}: cannot load safetensors weights ({str(e).splitlines()[0]})") from None
+            source, use_safetensors=True, trust_remote_code=False, attn_implementation=attn)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelError(f"{name}: cannot load the model ({_first_line(e)})") from None
