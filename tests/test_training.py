@@ -251,7 +251,7 @@ def test_layer_lr_decay_gives_lower_layers_smaller_rates(tiny_model_dir):
     from medqa.config import TrainParams, parse_params
     from medqa.errors import ConfigError
     from medqa.modelsource import load_qa_model
-    from medqa.training import build_optimizer
+    from medqa.optim import build_optimizer
 
     model = load_qa_model(str(tiny_model_dir))  # 2 layers
     tp = TrainParams(learning_rate=1e-4, head_learning_rate=3e-3, layer_lr_decay=0.5)

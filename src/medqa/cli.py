@@ -99,8 +99,9 @@ def cmd_register(args: argparse.Namespace) -> None:
     print(f"{what} {r['model_name']} v{r['version']}, {state}: {r['reason']}")
 
 
-def _load_predictor(model: str) -> Any:
-    """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a folder."""
+def _load_predictor(model: str, decoding: Path | None = None) -> Any:
+    """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a folder
+    (with ``decoding``: that decoding.json instead of the folder's own, e.g. for a training checkpoint)."""
     if model.startswith(("models:/", "runs:/")):
         import mlflow
         from mlflow.exceptions import MlflowException
@@ -115,7 +116,7 @@ def _load_predictor(model: str) -> Any:
             raise ModelError(f"{model}: {e.message.splitlines()[0]}") from None
     from medqa.predictor import QAPredictor
 
-    return QAPredictor(model)
+    return QAPredictor(model, decoding_file=decoding)
 
 
 def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
@@ -169,7 +170,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise DataError("give either --question and --context, or --input FILE (- for stdin)")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
-    predictor = _load_predictor(args.model)
+    if args.decoding is not None and args.model.startswith(("models:/", "runs:/")):
+        raise DataError("--decoding is for a model folder; a registered model carries its own decoding.json")
+    predictor = _load_predictor(args.model, args.decoding)
     if not single:
         _predict_file(predictor, args)
         return
@@ -333,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "abstained). A result's id is the record's id, else its line number. A bad "
                                    "record stops the run naming its line (exit 2).")
     s.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version>, or a folder")
+    s.add_argument("--decoding", type=Path,
+                   help="decoding.json to use with a model folder (a training checkpoint has none: use "
+                        "reports/decoding.json)")
     s.add_argument("--question")
     s.add_argument("--context")
     s.add_argument("--json", action="store_true", help="single mode: print the result as JSON")

@@ -106,8 +106,9 @@ def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels:
 class QAPredictor:
     """A loaded model plus its decoding settings; ``predict`` takes question/context records."""
 
-    def __init__(self, model_dir: Path | str, device: str = "auto", batch_size: int = 32):
-        saved = load_saved_model(Path(model_dir), device=device)
+    def __init__(self, model_dir: Path | str, device: str = "auto", batch_size: int = 32,
+                 decoding_file: Path | None = None):
+        saved = load_saved_model(Path(model_dir), decoding_file, device=device)
         self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
         self.tokenize, self.decode = saved.tokenize, saved.decode
         self.batch_size = batch_size

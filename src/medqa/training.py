@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import time
@@ -50,6 +49,7 @@ from medqa.config import DecodeParams, Params, TrainParams, as_dict
 from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
 from medqa.scoring import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
+from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
 from medqa.provenance import sources_digest, stage_sources
 from medqa.tracking import configure_tracking, file_md5, git_commit
@@ -126,42 +126,6 @@ class SaveEverySteps(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer signature
         if self.steps > 0 and state.global_step % self.steps == 0:
             control.should_save = True
-
-
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
-
-
-def _encoder_depth(name: str, num_layers: int) -> int:
-    """How many layers sit above parameter ``name``: 0 for the top encoder layer, ``num_layers`` for the
-    embeddings (and anything else below the first layer)."""
-    match = _LAYER.search(name)
-    return num_layers - 1 - int(match.group(1)) if match else num_layers
-
-
-def build_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    """AdamW with per-group learning rates: the QA head's own rate and the encoder's, decayed by layer.
-
-    The head starts from random weights of scale ~0.02; at an encoder-sized rate it barely moves in a
-    few hundred steps, so it gets its own (usually larger) rate. With ``layer_lr_decay`` d < 1 the
-    encoder's top layer trains at ``learning_rate`` and each layer below at d times the one above
-    (embeddings last): lower layers hold the general language knowledge a small dataset should
-    disturb least (layer-wise learning-rate decay, as in ELECTRA and ULMFiT). No decay on biases and
-    LayerNorm.
-    """
-    num_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("qa_outputs."):
-            lr = params.head_learning_rate
-        else:
-            lr = params.learning_rate * params.layer_lr_decay ** _encoder_depth(name, num_layers)
-        groups.setdefault((lr, p.ndim < 2), []).append(p)
-    return torch.optim.AdamW([
-        {"params": ps, "lr": lr, "weight_decay": 0.0 if no_decay else params.weight_decay}
-        for (lr, no_decay), ps in sorted(groups.items())
-    ])
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -322,6 +286,7 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
         mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
                          "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
                          "world_size": str(world_size), "train_fingerprint": fingerprint,
+                         "attn_implementation": str(getattr(model.config, "_attn_implementation", "unknown")),
                          "base_weights_sha256": base_weights, **data_md5})
         where = f"resuming from {resume_from}" if resume_from else "starting fresh"
         print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
