@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from medqa.atomic import read_jsonl
 from medqa.config import ValidateParams
-from medqa.data import read_qa_records, validate_squad_records
+from medqa.data import ValidationSummary, read_qa_records, validate_squad_records
 from medqa.errors import DataError
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None,
@@ -138,6 +138,15 @@ def accounting_holds(raw: Path, out: Path, repair: bool = True) -> None:
     assert report["rows_in"] == report["accepted"] + report["repaired"] + report["rejected"]
 
 
+def validate_as_train(doc: dict, tmp: Path) -> ValidationSummary:
+    """Validate ``doc`` as the train split of a folder with the filler dev/test splits, into ``tmp``."""
+    raw = tmp / "raw"
+    raw.mkdir()
+    (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
+    add_fillers(raw)
+    return validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+
+
 def in_tmp(fn: Callable[[Path], None]) -> None:
     """Run ``fn`` in a fresh folder (pytest's tmp_path is one folder for all hypothesis examples)."""
     with tempfile.TemporaryDirectory() as d:
@@ -234,11 +243,7 @@ def valid_squad(draw: st.DrawFn) -> dict[str, Any]:
 @given(doc=valid_squad())
 def test_well_formed_squad_is_accepted_whole(doc):
     def check(tmp: Path) -> None:
-        raw = tmp / "raw"
-        raw.mkdir()
-        (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
-        add_fillers(raw)
-        s = validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+        s = validate_as_train(doc, tmp)
         n = sum(len(p["qas"]) for p in doc["data"][0]["paragraphs"])
         assert s.rejected == 0 and s.accepted["train"] == n + 1 and sum(s.repaired.values()) == 0
 
@@ -311,11 +316,7 @@ def test_lossless_faults_are_repaired_back_to_the_original_answers(case):
     doc, expected = case
 
     def check(tmp: Path) -> None:
-        raw = tmp / "raw"
-        raw.mkdir()
-        (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
-        add_fillers(raw)
-        s = validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+        s = validate_as_train(doc, tmp)
         got = {r["id"]: {(a["text"], a["answer_start"]) for a in r["answers"]}
                for r in read_jsonl(tmp / "v" / "train.jsonl")}
         assert got == {**expected, "filler-train": {("train", 23)}}

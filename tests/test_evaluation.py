@@ -4,7 +4,6 @@ a few real passages and a real MLflow SQLite registry in a temporary folder."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -62,13 +62,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _print_scores(label: str, r: dict[str, Any]) -> None:
     """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines."""
-    from medqa.reports import figure as _fmt
+    from medqa.reports import figure
 
-    ci = f"95% CI {_fmt(r['f1_ci95'][0], '.3f')}-{_fmt(r['f1_ci95'][1], '.3f')}, " if r.get("f1_ci95") else ""
-    print(f"{label}: EM {_fmt(r['exact'])}  F1 {_fmt(r['f1'])} ({ci}n={r['n']}); "
-          f"answerable F1 {_fmt(r['has_ans_f1'])}, unanswerable F1 {_fmt(r['no_ans_f1'])}")
-    print("baselines F1: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["baselines_f1"].items()) +
-          f"; lead over best {_fmt(r['lead_over_best_baseline'], '+.4f')}")
+    ci = f"95% CI {figure(r['f1_ci95'][0], '.3f')}-{figure(r['f1_ci95'][1], '.3f')}, " if r.get("f1_ci95") else ""
+    print(f"{label}: EM {figure(r['exact'])}  F1 {figure(r['f1'])} ({ci}n={r['n']}); "
+          f"answerable F1 {figure(r['has_ans_f1'])}, unanswerable F1 {figure(r['no_ans_f1'])}")
+    print("baselines F1: " + ", ".join(f"{k} {figure(v)}" for k, v in r["baselines_f1"].items()) +
+          f"; lead over best {figure(r['lead_over_best_baseline'], '+.4f')}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -72,7 +72,7 @@ import pyarrow
 
 from medqa.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from medqa.config import ValidateParams
-from medqa.errors import DataError
+from medqa.errors import DataError, first_line
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
@@ -92,12 +92,6 @@ REPAIR_WINDOW = 32  # characters: how far a wrong answer_start may move to an ex
 
 
 # --- value normalisation: every source's values in one shape, anything unreadable left for a check ---
-
-def _first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line, so every read error stays one line."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
 
 def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
@@ -199,12 +193,12 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or _first_line(e)})") from None
+        raise DataError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
     if data and path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
-            raise DataError(f"{path}: not a valid gzip file ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a valid gzip file ({first_line(e)})") from None
     if not data:
         raise DataError(f"{path}: empty file")
     return data
@@ -280,7 +274,7 @@ def _read_table(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (ValueError, OSError, pd.errors.ParserError, pyarrow.ArrowException) as e:
-        raise DataError(f"{path}: cannot read as {fmt}: {_first_line(e)}") from None
+        raise DataError(f"{path}: cannot read as {fmt}: {first_line(e)}") from None
     return df.to_dict("records"), {str(c) for c in df.columns}
 
 
@@ -323,10 +317,10 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
         obj = datasets.load_from_disk(source) if saved else datasets.load_dataset(source)
     except Exception as e:  # datasets and the hub client raise many unrelated types; all mean "cannot load"
         if saved:
-            raise DataError(f"{source}: cannot load the saved dataset: {_first_line(e)}") from None
+            raise DataError(f"{source}: cannot load the saved dataset: {first_line(e)}") from None
         if Path(source).exists():
-            raise DataError(f"{source}: datasets.load_dataset cannot load it ({_first_line(e)})") from None
-        raise DataError(f"{source}: datasets.load_dataset failed ({_first_line(e)}); a hub dataset needs a "
+            raise DataError(f"{source}: datasets.load_dataset cannot load it ({first_line(e)})") from None
+        raise DataError(f"{source}: datasets.load_dataset failed ({first_line(e)}); a hub dataset needs a "
                         "network: offline, save it with save_to_disk and set validate.raw_path to that folder"
                         ) from None
     parts = obj.items() if isinstance(obj, datasets.DatasetDict) else [(obj.split, obj)]
@@ -490,7 +484,7 @@ def _impossible_matches(is_impossible: Any, answers: Any) -> bool:
 def _span_ok(context: Any, answers: Any) -> bool:
     if not isinstance(context, str):
         return True
-    return all(0 <= s < len(context) and context[s:s + len(t)] == t for t, s in _good_answers(answers))
+    return all(s < len(context) and _span_at(context, t, s) for t, s in _good_answers(answers))
 
 
 def _fits_context(context: Any, answers: Any) -> bool:

@@ -1,6 +1,13 @@
 """Errors a user can act on. The CLI prints their message on one line and exits non-zero."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), so that an
+    error quoted inside one of ours keeps it to one line."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class MedqaError(Exception):
     """Base class: the message names the file, row or key and the reason."""
 

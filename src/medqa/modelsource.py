@@ -18,7 +18,7 @@ from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokeniz
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
-from medqa.errors import ModelError
+from medqa.errors import ModelError, first_line
 
 # A saved tokenizer is its tokenizer.json (the fast tokenizer) or a vocabulary a slow one is built
 # from. Without any of them AutoTokenizer still returns a tokenizer: an empty one of the model's
@@ -31,10 +31,6 @@ PADDING_OFFSET_POSITIONS = frozenset({
     "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
     "longformer", "mpnet", "ibert", "luke", "xmod", "markuplm", "layoutlmv3", "lilt",
 })
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def looks_like_path(name: str) -> bool:
@@ -87,7 +83,7 @@ def load_model_config(name: str) -> PreTrainedConfig:
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{name}: cannot read the model config ({_first_line(e)})") from None
+        raise ModelError(f"{name}: cannot read the model config ({first_line(e)})") from None
 
 
 def usable_positions(config: PreTrainedConfig) -> int | None:
@@ -129,7 +125,7 @@ def _check_safetensors(folder: Path) -> None:
             with safe_open(str(path), framework="pt"):
                 pass
         except (SafetensorError, OSError) as e:
-            raise ModelError(f"{path}: not a readable safetensors file ({_first_line(e)}); the copy or "
+            raise ModelError(f"{path}: not a readable safetensors file ({first_line(e)}); the copy or "
                              "download is incomplete or corrupt, copy it again") from None
 
 
@@ -143,7 +139,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{name}: cannot load tokenizer ({_first_line(e)})") from None
+        raise ModelError(f"{name}: cannot load tokenizer ({first_line(e)})") from None
     if not tok.is_fast:
         raise ModelError(f"{name}: {type(tok).__name__} is a slow (Python-only) tokenizer and character "
                          "offsets need a fast one; convert it to a tokenizer.json (transformers."
@@ -171,4 +167,4 @@ def load_qa_model(name: str) -> PreTrainedModel:
         return AutoModelForQuestionAnswering.from_pretrained(
             source, use_safetensors=True, trust_remote_code=False, attn_implementation=attn)
     except (OSError, ValueError, SafetensorError) as e:
-        raise ModelError(f"{name}: cannot load the model ({_first_line(e)})") from None
+        raise ModelError(f"{name}: cannot load the model ({first_line(e)})") from None

@@ -38,10 +38,10 @@ from mlflow.types import ColSpec, Schema
 
 from medqa.atomic import read_jsonl, strict_json, write_json_atomic
 from medqa.config import RegisterParams
-from medqa.errors import ModelError
+from medqa.errors import ModelError, first_line
 from medqa.predictor import DECODING_FILE, load_saved_model, score_saved_model
 from medqa.scoring import summarize
-from medqa.tracking import configure_tracking, file_md5, git_commit
+from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
 
 HISTORY_TAG = "champion_history"
 
@@ -92,8 +92,7 @@ def score_champion(client: MlflowClient, name: str, version: str, rows: Sequence
             decisions, _, _ = score_saved_model(saved, rows, [f"test row {i + 1}" for i in range(len(rows))],
                                                 batch_size)
     except Exception as e:  # noqa: BLE001 - whatever breaks the old champion is a reason, not a crash
-        lines = str(e).strip().splitlines()
-        return None, f"{uri} could not be scored: {lines[0] if lines else type(e).__name__}"
+        return None, f"{uri} could not be scored: {first_line(e)}"
     return _real(summarize([d.answer(saved.threshold) for d in decisions], rows)["f1"]), None
 
 
@@ -290,13 +289,8 @@ def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
     """SHA-256 of what serving depends on: every file of the checkpoint except the run's own records
     (medqa.json, train_curve.json: timings differ between identical trainings) and the decoding
     settings. Equal hashes mean the same answers for every question."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        if path.name in ("medqa.json", "train_curve.json"):
-            continue
-        h.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + file_md5(path).encode())
-    h.update(json.dumps(decoding, sort_keys=True).encode())
-    return h.hexdigest()
+    files = folder_digest(model_dir, exclude=("medqa.json", "train_curve.json"))
+    return hashlib.sha256(files.encode() + json.dumps(decoding, sort_keys=True).encode()).hexdigest()
 
 
 def _version_with_hash(client: MlflowClient, name: str, content_hash: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medqa.reports import figure as _fmt
+from medqa.reports import figure
 
 
 def summarize_reports(reports: Path = Path("reports")) -> str:
@@ -16,16 +16,16 @@ def summarize_reports(reports: Path = Path("reports")) -> str:
     m = json.loads((reports / "metrics.json").read_text())
     r = json.loads((reports / "registration.json").read_text())
     lo, hi = m.get("f1_ci95") or (None, None)
-    baselines = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in m["baselines_f1"].items())
+    baselines = ", ".join(f"{k} {figure(v, '.3f')}" for k, v in m["baselines_f1"].items())
     prev = r.get("previous_champion")
-    before = (f"  @champion before this run: v{prev} F1 {_fmt(r.get('previous_champion_f1'), '.3f')} "
+    before = (f"  @champion before this run: v{prev} F1 {figure(r.get('previous_champion_f1'), '.3f')} "
               f"({r.get('previous_champion_f1_from') or 'recorded'})" if prev else "  @champion before this run: none")
     return "\n".join([
-        f"test split ({m['n']} questions): EM {_fmt(m['exact'], '.3f')}  F1 {_fmt(m['f1'], '.3f')}  "
-        f"(95% CI {_fmt(lo, '.3f')}-{_fmt(hi, '.3f')})",
-        f"  answerable F1 {_fmt(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
-        f"unanswerable F1 {_fmt(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
-        f"  baselines F1: {baselines}; lead over the best: {_fmt(m['lead_over_best_baseline'], '+.3f')}",
+        f"test split ({m['n']} questions): EM {figure(m['exact'], '.3f')}  F1 {figure(m['f1'], '.3f')}  "
+        f"(95% CI {figure(lo, '.3f')}-{figure(hi, '.3f')})",
+        f"  answerable F1 {figure(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
+        f"unanswerable F1 {figure(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
+        f"  baselines F1: {baselines}; lead over the best: {figure(m['lead_over_best_baseline'], '+.3f')}",
         before,
         f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): "
         f"{r['reason']}",

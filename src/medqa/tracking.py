@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import mlflow
@@ -44,4 +45,13 @@ def file_md5(path: Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path, exclude: Collection[str] = ()) -> str:
+    """SHA-256 over every file under ``folder`` (relative name and MD5), skipping files named in
+    ``exclude``: equal digests mean equal contents (tokenized features, a checkpoint)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name not in exclude):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + file_md5(path).encode())
     return h.hexdigest()

@@ -37,22 +37,22 @@ from typing import Any
 
 import mlflow
 import torch
-from mlflow.exceptions import MlflowException
 import transformers
+from mlflow.exceptions import MlflowException
 from datasets import load_from_disk
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
-from medqa.config import DecodeParams, Params, TrainParams, as_dict
+from medqa.config import DecodeParams, Params, as_dict
 from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
 from medqa.scoring import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
 from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
 from medqa.provenance import sources_digest, stage_sources
-from medqa.tracking import configure_tracking, file_md5, git_commit
+from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
 
 INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction needs to match training
 STATE_FILE = "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
@@ -135,14 +135,6 @@ def weights_digest(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode() + b"\0" + str(tensor.dtype).encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def folder_digest(folder: Path) -> str:
-    """SHA-256 over every file of a folder (relative names and MD5s), e.g. the tokenized features."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + file_md5(path).encode())
     return h.hexdigest()
 
 
@@ -261,7 +253,6 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
             shutil.rmtree(stale, ignore_errors=True)
     tokenizer = load_tokenizer(params.base_model)
     model = load_qa_model(params.base_model)
-    base_weights = weights_digest(model)
     train_ds = load_from_disk(str(Path(features_dir) / "train"))
     dev_path = Path(features_dir) / "dev"
     dev_features = load_from_disk(str(dev_path)).to_list() if dev_path.exists() else []
@@ -269,11 +260,13 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
     tok_summary = json.loads((Path(features_dir) / "summary.json").read_text())
     per_device_batch = max(1, tp.batch_size // world_size)
 
-    data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl") for split in ("train", "dev")}
-    fingerprint = training_fingerprint(params, folder_digest(Path(features_dir)), data_md5, base_weights,
-                                       info, precision)
     resume_from, saved = None, {}
-    if is_main:
+    if is_main:  # only rank 0 decides whether to resume, so only it hashes what the decision needs
+        base_weights = weights_digest(model)
+        data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl")
+                    for split in ("train", "dev")}
+        fingerprint = training_fingerprint(params, folder_digest(Path(features_dir)), data_md5, base_weights,
+                                           info, precision)
         resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
         configure_tracking()
         run, new_run = _start_run(saved if resume_from else {})
