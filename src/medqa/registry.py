@@ -40,6 +40,7 @@ from medqa.atomic import read_jsonl, strict_json, write_json_atomic
 from medqa.config import RegisterParams
 from medqa.errors import ModelError, first_line
 from medqa.predictor import DECODING_FILE, load_saved_model, score_saved_model
+from medqa.reports import figure
 from medqa.scoring import summarize
 from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
 
@@ -78,6 +79,11 @@ def _real(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _tag(x: float | None) -> str:
+    """A figure as a version tag: six decimals, or "nan" (which reads back as not a number)."""
+    return f"{x:.6f}" if x is not None else "nan"
 
 
 def score_champion(client: MlflowClient, name: str, version: str, rows: Sequence[dict[str, Any]],
@@ -344,16 +350,16 @@ def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, tes
     if version is None:
         version = _log_version(model_dir, decoding_path, run_id, params.model_name)
         best = metrics["best_baseline"]
-        tags = {"test_f1": f"{f1:.6f}" if f1 is not None else "nan", "test_em": f"{em:.6f}" if em is not None else "nan",
-                "test_n": str(len(rows)), "test_md5": test_md5, "content_hash": content_hash,
-                "backend": config.get("backend", ""), "base_model": config.get("base_model", ""), "run_id": run_id,
-                "best_baseline_f1": f"{metrics['baselines_f1'][best]:.6f}"} | lineage_tags(client, run_id, tracking_uri)
+        tags = {"test_f1": _tag(f1), "test_em": _tag(em), "test_n": str(len(rows)), "test_md5": test_md5,
+                "content_hash": content_hash, "backend": config.get("backend", ""),
+                "base_model": config.get("base_model", ""), "run_id": run_id,
+                "best_baseline_f1": _tag(metrics["baselines_f1"][best])} | lineage_tags(client, run_id, tracking_uri)
         for k, v in tags.items():
             client.set_model_version_tag(params.model_name, version, k, v)
-        figures = (f"Test F1 {f1:.4f}, EM {em:.4f}" if f1 is not None and em is not None else "Test F1 not a number")
         client.update_model_version(params.model_name, version, description=(
-            f"Extractive QA for AMD clinical text (research use, not medical advice). {figures} on {len(rows)} "
-            f"questions; best baseline {best} F1 {metrics['baselines_f1'][best]:.4f}. Run {run_id}."))
+            f"Extractive QA for AMD clinical text (research use, not medical advice). Test F1 {figure(f1)}, "
+            f"EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
+            f"{figure(metrics['baselines_f1'][best])}. Run {run_id}."))
         client.set_registered_model_alias(params.model_name, "candidate", version)
     decision = gate(client, params.model_name, version, f1, rows, test_md5, params.min_f1, batch_size)
     if reused:
