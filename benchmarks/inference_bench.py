@@ -29,7 +29,9 @@ class InferenceRun:
     software: str = ""
 
 
-def prepare_model(source: str, dest: Path, max_seq_length: int, doc_stride: int, decode: Any) -> Path:
+def prepare_model(
+    source: str, dest: Path, max_seq_length: int, doc_stride: int, decode: Any
+) -> Path:
     """Save ``source`` (a folder or packaged model) as safetensors + tokenizer + decoding.json in ``dest``."""
     from transformers import set_seed
 
@@ -40,14 +42,22 @@ def prepare_model(source: str, dest: Path, max_seq_length: int, doc_stride: int,
     set_seed(0)  # a base model's new QA head is random: fix it
     load_qa_model(source).save_pretrained(dest, safe_serialization=True)
     load_tokenizer(source).save_pretrained(dest)
-    write_json_atomic(dest / DECODING_FILE, {"n_best": decode.n_best, "max_answer_length": decode.max_answer_length,
-                                             "null_threshold": 0.0, "max_seq_length": max_seq_length,
-                                             "doc_stride": doc_stride})
+    write_json_atomic(
+        dest / DECODING_FILE,
+        {
+            "n_best": decode.n_best,
+            "max_answer_length": decode.max_answer_length,
+            "null_threshold": 0.0,
+            "max_seq_length": max_seq_length,
+            "doc_stride": doc_stride,
+        },
+    )
     return dest
 
 
-def run_ours(model_dir: Path, records: list[dict[str, str]], batch_size: int, repeats: int,
-             singles: int) -> InferenceRun:
+def run_ours(
+    model_dir: Path, records: list[dict[str, str]], batch_size: int, repeats: int, singles: int
+) -> InferenceRun:
     """QAPredictor: a warm-up, ``repeats`` batched calls over all records, ``singles`` one-question calls."""
     from medqa.predictor import QAPredictor
 
@@ -66,20 +76,49 @@ def run_ours(model_dir: Path, records: list[dict[str, str]], batch_size: int, re
     return InferenceRun(answers, batch_seconds, single_ms)
 
 
-def run_reference(model_dir: Path, records_file: Path, batch_size: int, repeats: int, singles: int,
-                  max_seq_length: int, doc_stride: int, max_answer_length: int, log: Path,
-                  timeout_s: float) -> InferenceRun:
+def run_reference(
+    model_dir: Path,
+    records_file: Path,
+    batch_size: int,
+    repeats: int,
+    singles: int,
+    max_seq_length: int,
+    doc_stride: int,
+    max_answer_length: int,
+    log: Path,
+    timeout_s: float,
+) -> InferenceRun:
     """hf_pipeline_ref.py in .venv-bench; raises RuntimeError with the reason when it cannot run."""
     if not BENCH_VENV_PYTHON.exists():
         raise RuntimeError(".venv-bench missing (run `bash benchmarks/setup_venv.sh`)")
-    cmd = [str(BENCH_VENV_PYTHON), str(Path(__file__).with_name("hf_pipeline_ref.py")), "--model", str(model_dir),
-           "--records", str(records_file), "--batch-size", str(batch_size), "--repeats", str(repeats),
-           "--singles", str(singles), "--max-seq-length", str(max_seq_length), "--doc-stride", str(doc_stride),
-           "--max-answer-length", str(max_answer_length)]
+    cmd = [
+        str(BENCH_VENV_PYTHON),
+        str(Path(__file__).with_name("hf_pipeline_ref.py")),
+        "--model",
+        str(model_dir),
+        "--records",
+        str(records_file),
+        "--batch-size",
+        str(batch_size),
+        "--repeats",
+        str(repeats),
+        "--singles",
+        str(singles),
+        "--max-seq-length",
+        str(max_seq_length),
+        "--doc-stride",
+        str(doc_stride),
+        "--max-answer-length",
+        str(max_answer_length),
+    ]
     with open(log, "a") as err:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"hf_pipeline_ref.py exited with {done.returncode} (see {log})")
     out = json.loads(done.stdout)
-    return InferenceRun(out["answers"], out["batch_seconds"], out["single_ms"],
-                        f"transformers {out['transformers']}, torch {out['torch']}, {out['threads']} threads")
+    return InferenceRun(
+        out["answers"],
+        out["batch_seconds"],
+        out["single_ms"],
+        f"transformers {out['transformers']}, torch {out['torch']}, {out['threads']} threads",
+    )

@@ -54,8 +54,9 @@ def _send_output_to(log_path: str) -> None:
 def run_isolated(log_path: Path, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a fresh spawned process whose output goes to ``log_path``; its result or its error."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_send_output_to,
-                             initargs=(str(log_path),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_send_output_to, initargs=(str(log_path),)
+    ) as pool:
         return pool.submit(fn, *args).result()
 
 
@@ -74,9 +75,15 @@ class Machine:
 
     def header(self) -> str:
         """One line naming the machine, the software and the thread count."""
-        peak = f"; nominal fp32 peak {self.peak_flops / 1e9:.0f} GFLOP/s ({self.peak_basis})" if self.peak_flops else ""
-        return (f"{self.cpu}, {self.cores} cores; device {self.device}; torch {self.torch_version} "
-                f"({self.threads} threads); transformers {self.transformers_version}{peak}")
+        peak = (
+            f"; nominal fp32 peak {self.peak_flops / 1e9:.0f} GFLOP/s ({self.peak_basis})"
+            if self.peak_flops
+            else ""
+        )
+        return (
+            f"{self.cpu}, {self.cores} cores; device {self.device}; torch {self.torch_version} "
+            f"({self.threads} threads); transformers {self.transformers_version}{peak}"
+        )
 
 
 def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
@@ -105,7 +112,10 @@ def cpu_peak_flops(flags: set[str], mhz: float, cores: int) -> tuple[float | Non
         per_cycle, isa = 32, "AVX2"
     else:
         per_cycle, isa = 8, "SSE"
-    return cores * mhz * 1e6 * per_cycle, f"{cores} x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle, {isa} FMA"
+    return (
+        cores * mhz * 1e6 * per_cycle,
+        f"{cores} x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle, {isa} FMA",
+    )
 
 
 def describe_machine() -> Machine:
@@ -116,13 +126,23 @@ def describe_machine() -> Machine:
     from medqa.device import detect_device
 
     info = cpu_info()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     device = detect_device("auto")
     if device.backend == "cpu":
-        peak, basis = cpu_peak_flops(set(info.get("flags", "").split()), float(info.get("cpu MHz", 0) or 0), cores)
+        peak, basis = cpu_peak_flops(
+            set(info.get("flags", "").split()), float(info.get("cpu MHz", 0) or 0), cores
+        )
     else:
         peak, basis = None, ""
-    return Machine(cpu=info.get("model name") or platform.processor() or platform.machine(), cores=cores,
-                   threads=torch.get_num_threads(), torch_version=torch.__version__,
-                   transformers_version=transformers.__version__,
-                   device=f"{device.backend} ({device.name})", peak_flops=peak, peak_basis=basis)
+    return Machine(
+        cpu=info.get("model name") or platform.processor() or platform.machine(),
+        cores=cores,
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        device=f"{device.backend} ({device.name})",
+        peak_flops=peak,
+        peak_basis=basis,
+    )

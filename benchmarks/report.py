@@ -50,17 +50,21 @@ def fmt(value: Value) -> str:
 
 def render_table(rows: Sequence[Row]) -> str:
     """The markdown table; the section name is printed only where it changes."""
-    lines = ["| section | metric | ours | reference | ours/ref | n | target | result |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| section | metric | ours | reference | ours/ref | n | target | result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
     previous = None
     for row in rows:
         r = ratio(row.ours, row.reference)
         result = "" if row.passed is None else ("pass" if row.passed else "**miss**")
         section = row.section if row.section != previous else ""
         previous = row.section
-        lines.append(f"| {section} | {row.metric} | {fmt(row.ours)} | {fmt(row.reference)} | "
-                     f"{'—' if r is None else f'{r:.2f}×'} | {'' if row.repeats is None else row.repeats} | "
-                     f"{row.target} | {result} |")
+        lines.append(
+            f"| {section} | {row.metric} | {fmt(row.ours)} | {fmt(row.reference)} | "
+            f"{'—' if r is None else f'{r:.2f}×'} | {'' if row.repeats is None else row.repeats} | "
+            f"{row.target} | {result} |"
+        )
     return "\n".join(lines)
 
 
@@ -72,9 +76,19 @@ def render_report(title: str, machine: str, rows: Sequence[Row], notes: Sequence
     return "\n".join(parts) + "\n"
 
 
-def speed_at_equal_f1(speed_ratio: float | None, ours_f1: float, reference_f1: float, minimum: float,
-                      f1_tolerance: float) -> bool:
+def speed_at_equal_f1(
+    speed_ratio: float | None,
+    ours_f1: float,
+    reference_f1: float,
+    minimum: float,
+    f1_tolerance: float,
+) -> bool:
     """A speed target: ours at least ``minimum`` x the reference, with an F1 no more than ``f1_tolerance``
     below the reference's, so that speed is never bought with accuracy."""
-    return (speed_ratio is not None and speed_ratio >= minimum
-            and math.isfinite(ours_f1) and math.isfinite(reference_f1) and ours_f1 >= reference_f1 - f1_tolerance)
+    return (
+        speed_ratio is not None
+        and speed_ratio >= minimum
+        and math.isfinite(ours_f1)
+        and math.isfinite(reference_f1)
+        and ours_f1 >= reference_f1 - f1_tolerance
+    )

@@ -45,7 +45,9 @@ class Preset:
     name: str
     train_questions: int | None  # section 1's training pool; None: the whole train split
     epochs: float | None  # the schedule's length; None: the recipe's (params.yaml)
-    train_steps: int | None  # timed steps per run of section 1 (then it stops); None: every step of the schedule
+    train_steps: (
+        int | None
+    )  # timed steps per run of section 1 (then it stops); None: every step of the schedule
     rounds: int  # section 1 runs each path this often, in the order ours, ref, ref, ours, ...
     warmup_steps: int  # optimizer steps left out of the timing
     dev_questions: int | None  # dev F1 of section 1
@@ -62,12 +64,40 @@ class Preset:
 
 
 PRESETS = {
-    "small": Preset("small", train_questions=768, epochs=1, train_steps=3, rounds=2, warmup_steps=1, dev_questions=64,
-                    infer_questions=48, infer_repeats=3, latency_samples=16, tokenize_repeats=5,
-                    orchestration_repeats=3, prefect=True, scaling_questions=192, scaling_steps=3),
-    "full": Preset("full", train_questions=None, epochs=None, train_steps=None, rounds=1, warmup_steps=2,
-                   dev_questions=None, infer_questions=None, infer_repeats=5, latency_samples=50, tokenize_repeats=10,
-                   orchestration_repeats=5, prefect=True, scaling_questions=312, scaling_steps=5),
+    "small": Preset(
+        "small",
+        train_questions=768,
+        epochs=1,
+        train_steps=3,
+        rounds=2,
+        warmup_steps=1,
+        dev_questions=64,
+        infer_questions=48,
+        infer_repeats=3,
+        latency_samples=16,
+        tokenize_repeats=5,
+        orchestration_repeats=3,
+        prefect=True,
+        scaling_questions=192,
+        scaling_steps=3,
+    ),
+    "full": Preset(
+        "full",
+        train_questions=None,
+        epochs=None,
+        train_steps=None,
+        rounds=1,
+        warmup_steps=2,
+        dev_questions=None,
+        infer_questions=None,
+        infer_repeats=5,
+        latency_samples=50,
+        tokenize_repeats=10,
+        orchestration_repeats=5,
+        prefect=True,
+        scaling_questions=312,
+        scaling_steps=5,
+    ),
 }
 
 
@@ -114,17 +144,45 @@ def section_training(b: Bench) -> list[Row]:
     max_steps = p.warmup_steps + p.train_steps if p.train_steps else None
     uri = f"sqlite:///{b.scratch / 'mlflow.db'}"
     runs: dict[str, list[Any]] = {"ours": [], "ref": []}
-    for r in range(p.rounds):  # alternating, so a burst of other work on the machine hits both paths alike
+    for r in range(
+        p.rounds
+    ):  # alternating, so a burst of other work on the machine hits both paths alike
         for path in ("ours", "ref") if r % 2 == 0 else ("ref", "ours"):
-            scored = dev if not runs[path] else None  # the same seeded training again: score it once
+            scored = (
+                dev if not runs[path] else None
+            )  # the same seeded training again: score it once
             work = b.scratch / f"train-{path}-{r}"
             if path == "ours":
-                runs[path].append(b.isolated(train_ours, work, rows, scored, b.max_len, b.stride, epochs,
-                                             p.warmup_steps, max_steps, uri))
+                runs[path].append(
+                    b.isolated(
+                        train_ours,
+                        work,
+                        rows,
+                        scored,
+                        b.max_len,
+                        b.stride,
+                        epochs,
+                        p.warmup_steps,
+                        max_steps,
+                        uri,
+                    )
+                )
                 b.ours_model = work / "model"
             else:
-                runs[path].append(b.isolated(train_reference, work, rows, scored, b.max_len, b.stride, epochs,
-                                             p.warmup_steps, max_steps, runs["ours"][0].precision))
+                runs[path].append(
+                    b.isolated(
+                        train_reference,
+                        work,
+                        rows,
+                        scored,
+                        b.max_len,
+                        b.stride,
+                        epochs,
+                        p.warmup_steps,
+                        max_steps,
+                        runs["ours"][0].precision,
+                    )
+                )
     ours, ref = combine(runs["ours"]), combine(runs["ref"])
     b.ours_run, b.ours_run_questions = ours, len(rows)
     speed = ratio(ours.examples_per_s(), ref.examples_per_s())
@@ -136,70 +194,141 @@ def section_training(b: Bench) -> list[Row]:
     schedule_of = f"{epochs:g}-epoch"
     trained = f"{max_steps} steps" if max_steps else n_epochs
     warmup = f"{p.warmup_steps} warm-up step{'' if p.warmup_steps == 1 else 's'}"
-    schedule = (f"the first {max_steps} optimizer steps of a {schedule_of} schedule over a pool of {len(rows)} train "
-                "questions (a large pool, because the Trainer's length grouping sorts mega-batches of at most a "
-                "quarter of the data: below 8 batches it groups nothing)") if max_steps else \
-        f"{n_epochs} over {len(rows)} train questions"
-    rounds = f"; each path run {p.rounds} times, alternating (ours, ref, ref, ours...), steps pooled" \
-        if p.rounds > 1 else ""
-    b.notes.append(f"Training: {schedule}{rounds}; batch {tp.batch_size}, seed {tp.seed}, {ours.precision}, encoder lr "
-                   f"{tp.learning_rate:g} (ours: QA head lr {tp.head_learning_rate:g}; reference: one lr for all), "
-                   f"windows of {b.max_len} tokens with stride {b.stride}. Figures are medians over the optimizer "
-                   f"steps after {warmup}, each timed from the previous step's end (collation, forward, backward, "
-                   f"optimizer); examples are training windows. Dev F1: {len(dev)} dev questions, both models "
-                   "scored by medqa.scoring.score_split.")
-    b.notes.append("FLOP/s counts useful work only, real tokens x (6 x non-embedding parameters + 12 x layers x "
-                   "hidden x mean real length for attention); the reference also computes its padding, which is "
-                   "not counted.")
+    schedule = (
+        (
+            f"the first {max_steps} optimizer steps of a {schedule_of} schedule over a pool of {len(rows)} train "
+            "questions (a large pool, because the Trainer's length grouping sorts mega-batches of at most a "
+            "quarter of the data: below 8 batches it groups nothing)"
+        )
+        if max_steps
+        else f"{n_epochs} over {len(rows)} train questions"
+    )
+    rounds = (
+        f"; each path run {p.rounds} times, alternating (ours, ref, ref, ours...), steps pooled"
+        if p.rounds > 1
+        else ""
+    )
+    b.notes.append(
+        f"Training: {schedule}{rounds}; batch {tp.batch_size}, seed {tp.seed}, {ours.precision}, encoder lr "
+        f"{tp.learning_rate:g} (ours: QA head lr {tp.head_learning_rate:g}; reference: one lr for all), "
+        f"windows of {b.max_len} tokens with stride {b.stride}. Figures are medians over the optimizer "
+        f"steps after {warmup}, each timed from the previous step's end (collation, forward, backward, "
+        f"optimizer); examples are training windows. Dev F1: {len(dev)} dev questions, both models "
+        "scored by medqa.scoring.score_split."
+    )
+    b.notes.append(
+        "FLOP/s counts useful work only, real tokens x (6 x non-embedding parameters + 12 x layers x "
+        "hidden x mean real length for attention); the reference also computes its padding, which is "
+        "not counted."
+    )
     rows_out = [
-        Row("1 training", "examples/s", ours.examples_per_s(), ref.examples_per_s(), steps,
-            f"≥ {TRAIN_SPEEDUP_TARGET}× at equal dev F1 (−{F1_TOLERANCE})", met),
-        Row("1 training", "examples per CPU-second (all threads)", ours.examples_per_cpu_s(), ref.examples_per_cpu_s(),
-            steps),
-        Row("1 training", "CPU busy share (< 1: cores shared with other work)", ours.cpu_busy_share(threads),
-            ref.cpu_busy_share(threads), steps),
+        Row(
+            "1 training",
+            "examples/s",
+            ours.examples_per_s(),
+            ref.examples_per_s(),
+            steps,
+            f"≥ {TRAIN_SPEEDUP_TARGET}× at equal dev F1 (−{F1_TOLERANCE})",
+            met,
+        ),
+        Row(
+            "1 training",
+            "examples per CPU-second (all threads)",
+            ours.examples_per_cpu_s(),
+            ref.examples_per_cpu_s(),
+            steps,
+        ),
+        Row(
+            "1 training",
+            "CPU busy share (< 1: cores shared with other work)",
+            ours.cpu_busy_share(threads),
+            ref.cpu_busy_share(threads),
+            steps,
+        ),
         Row("1 training", "real tokens/s", ours.tokens_per_s(), ref.tokens_per_s(), steps),
         Row("1 training", "s/step", ours.seconds_per_step(), ref.seconds_per_step(), steps),
-        Row("1 training", "padding share of computed tokens", ours.padding_share(), ref.padding_share(), steps),
+        Row(
+            "1 training",
+            "padding share of computed tokens",
+            ours.padding_share(),
+            ref.padding_share(),
+            steps,
+        ),
         Row("1 training", f"dev F1 after {trained}", ours.dev_f1, ref.dev_f1, f"{len(dev)} q"),
-        Row("1 training", f"peak {ours.memory_kind} MiB", ours.peak_memory_mib, ref.peak_memory_mib, 1),
-        Row("1 training", "useful GFLOP/s", ours.flops_per_s() / 1e9, ref.flops_per_s() / 1e9, steps),
+        Row(
+            "1 training",
+            f"peak {ours.memory_kind} MiB",
+            ours.peak_memory_mib,
+            ref.peak_memory_mib,
+            1,
+        ),
+        Row(
+            "1 training", "useful GFLOP/s", ours.flops_per_s() / 1e9, ref.flops_per_s() / 1e9, steps
+        ),
     ]
     if peak:
-        rows_out.append(Row("1 training", "share of nominal CPU peak", ours.flops_per_s() / peak,
-                            ref.flops_per_s() / peak, steps))
+        rows_out.append(
+            Row(
+                "1 training",
+                "share of nominal CPU peak",
+                ours.flops_per_s() / peak,
+                ref.flops_per_s() / peak,
+                steps,
+            )
+        )
     return rows_out
 
 
 def section_inference(b: Bench) -> list[Row]:
     """2. QAPredictor vs pipeline("question-answering") on one copy of the weights."""
     from benchmarks.inference_bench import prepare_model, run_ours, run_reference
-    from medqa.scoring import gold_texts
     from medqa.metrics import score_question
+    from medqa.scoring import gold_texts
 
     p = b.preset
     checkpoint = ROOT / "models" / "checkpoint"
     if (checkpoint / "config.json").exists():
         source, what = checkpoint, "models/checkpoint (the pipeline's fine-tuned model)"
     elif b.ours_model is not None and (b.ours_model / "config.json").exists():
-        source, what = b.ours_model, "the model section 1 fine-tuned with medqa's path (no models/checkpoint)"
+        source, what = (
+            b.ours_model,
+            "the model section 1 fine-tuned with medqa's path (no models/checkpoint)",
+        )
     else:
         source, what = b.params.base_model, f"the untrained base model {b.params.base_model}"
-    model_dir = b.isolated(prepare_model, str(source), b.scratch / "infer-model", b.max_len, b.stride,
-                           b.params.evaluate.decode)
+    model_dir = b.isolated(
+        prepare_model,
+        str(source),
+        b.scratch / "infer-model",
+        b.max_len,
+        b.stride,
+        b.params.evaluate.decode,
+    )
     rows = subset(b.dev_rows, p.infer_questions)
     records = [{"question": r["question"], "context": r["context"]} for r in rows]
     records_file = b.scratch / "infer-records.json"
     records_file.write_text(json.dumps(records))
     batch = b.params.evaluate.batch_size
     ours = b.isolated(run_ours, model_dir, records, batch, p.infer_repeats, p.latency_samples)
-    b.notes.append(f"Inference: {len(records)} dev questions, weights of {what} saved once as safetensors and "
-                   f"loaded by both; batch size {batch}; abstention threshold 0 for both (answer when the best span "
-                   "beats [CLS]: the pipeline's handle_impossible_answer rule). Batched figures are medians of "
-                   f"{p.infer_repeats} passes over all questions after a warm-up; latency is one question per call.")
+    b.notes.append(
+        f"Inference: {len(records)} dev questions, weights of {what} saved once as safetensors and "
+        f"loaded by both; batch size {batch}; abstention threshold 0 for both (answer when the best span "
+        "beats [CLS]: the pipeline's handle_impossible_answer rule). Batched figures are medians of "
+        f"{p.infer_repeats} passes over all questions after a warm-up; latency is one question per call."
+    )
     try:
-        ref = run_reference(model_dir, records_file, batch, p.infer_repeats, p.latency_samples, b.max_len, b.stride,
-                            b.params.evaluate.decode.max_answer_length, b.log, timeout_s=1800)
+        ref = run_reference(
+            model_dir,
+            records_file,
+            batch,
+            p.infer_repeats,
+            p.latency_samples,
+            b.max_len,
+            b.stride,
+            b.params.evaluate.decode.max_answer_length,
+            b.log,
+            timeout_s=1800,
+        )
     except (RuntimeError, OSError, ValueError) as e:
         ref = None
         b.notes.append(f"Inference reference not measured: {e}.")
@@ -212,23 +341,62 @@ def section_inference(b: Bench) -> list[Row]:
 
     if ref is None:
         missing = "not run (see notes)"
-        return [Row("2 inference", "questions/s, batched", qps(ours), missing, p.infer_repeats,
-                    f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1"),
-                Row("2 inference", "latency p50 ms, 1 question", median(ours.single_ms), missing, len(ours.single_ms)),
-                Row("2 inference", "latency p95 ms, 1 question", percentile(ours.single_ms, 95), missing,
-                    len(ours.single_ms)),
-                Row("2 inference", "F1", f1(ours.answers), missing, f"{len(rows)} q")]
-    b.notes.append(f"Inference reference: pipeline(\"question-answering\") in .venv-bench ({ref.software}).")
+        return [
+            Row(
+                "2 inference",
+                "questions/s, batched",
+                qps(ours),
+                missing,
+                p.infer_repeats,
+                f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1",
+            ),
+            Row(
+                "2 inference",
+                "latency p50 ms, 1 question",
+                median(ours.single_ms),
+                missing,
+                len(ours.single_ms),
+            ),
+            Row(
+                "2 inference",
+                "latency p95 ms, 1 question",
+                percentile(ours.single_ms, 95),
+                missing,
+                len(ours.single_ms),
+            ),
+            Row("2 inference", "F1", f1(ours.answers), missing, f"{len(rows)} q"),
+        ]
+    b.notes.append(
+        f'Inference reference: pipeline("question-answering") in .venv-bench ({ref.software}).'
+    )
     speed = ratio(qps(ours), qps(ref))
     same = sum(a.strip() == r.strip() for a, r in zip(ours.answers, ref.answers)) / len(rows)
     return [
-        Row("2 inference", "questions/s, batched", qps(ours), qps(ref), p.infer_repeats,
+        Row(
+            "2 inference",
+            "questions/s, batched",
+            qps(ours),
+            qps(ref),
+            p.infer_repeats,
             f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1 (−{F1_TOLERANCE})",
-            speed_at_equal_f1(speed, f1(ours.answers), f1(ref.answers), INFERENCE_SPEEDUP_TARGET, F1_TOLERANCE)),
-        Row("2 inference", "latency p50 ms, 1 question", median(ours.single_ms), median(ref.single_ms),
-            len(ours.single_ms)),
-        Row("2 inference", "latency p95 ms, 1 question", percentile(ours.single_ms, 95), percentile(ref.single_ms, 95),
-            len(ours.single_ms)),
+            speed_at_equal_f1(
+                speed, f1(ours.answers), f1(ref.answers), INFERENCE_SPEEDUP_TARGET, F1_TOLERANCE
+            ),
+        ),
+        Row(
+            "2 inference",
+            "latency p50 ms, 1 question",
+            median(ours.single_ms),
+            median(ref.single_ms),
+            len(ours.single_ms),
+        ),
+        Row(
+            "2 inference",
+            "latency p95 ms, 1 question",
+            percentile(ours.single_ms, 95),
+            percentile(ref.single_ms, 95),
+            len(ours.single_ms),
+        ),
         Row("2 inference", "F1", f1(ours.answers), f1(ref.answers), f"{len(rows)} q"),
         Row("2 inference", "answers identical to the pipeline's", same, None, f"{len(rows)} q"),
     ]
@@ -240,37 +408,77 @@ def section_tokenization(b: Bench) -> list[Row]:
     from medqa.modelsource import load_tokenizer
 
     p = b.preset
-    t = time_tokenization(load_tokenizer(b.params.base_model), b.train_rows, b.max_len, b.stride, p.tokenize_repeats)
+    t = time_tokenization(
+        load_tokenizer(b.params.base_model), b.train_rows, b.max_len, b.stride, p.tokenize_repeats
+    )
     n = len(b.train_rows)
-    b.notes.append(f"Tokenization: all {n} train questions per repeat, examples = questions; windows: ours "
-                   f"{t.ours_windows}, reference {t.reference_windows}.")
-    return [Row("3 tokenization", "examples/s", n / median(t.ours_seconds), n / median(t.reference_seconds),
-                p.tokenize_repeats)]
+    b.notes.append(
+        f"Tokenization: all {n} train questions per repeat, examples = questions; windows: ours "
+        f"{t.ours_windows}, reference {t.reference_windows}."
+    )
+    return [
+        Row(
+            "3 tokenization",
+            "examples/s",
+            n / median(t.ours_seconds),
+            n / median(t.reference_seconds),
+            p.tokenize_repeats,
+        )
+    ]
 
 
 def section_orchestration(b: Bench) -> list[Row]:
     """4. A no-op `dvc repro` (the project if dvc.lock is current, else a tiny copy) and a cached Prefect flow."""
-    from benchmarks.orchestration_bench import (build_tiny_project, dvc_is_up_to_date, project_env,
-                                                time_cached_flow, time_noop_repro)
+    from benchmarks.orchestration_bench import (
+        build_tiny_project,
+        dvc_is_up_to_date,
+        project_env,
+        time_cached_flow,
+        time_noop_repro,
+    )
 
     p, env = b.preset, project_env()
     if dvc_is_up_to_date(ROOT, env):
         project, where = ROOT, "this project (dvc status: up to date)"
     else:
         project = b.isolated(build_tiny_project, b.scratch / "tiny-project", env)
-        where = ("a tiny copy of the project (tests/conftest.py make_tiny_project: 2-layer model, 8 passages), "
-                 "reproduced once first, because this project's dvc.lock is not up to date")
+        where = (
+            "a tiny copy of the project (tests/conftest.py make_tiny_project: 2-layer model, 8 passages), "
+            "reproduced once first, because this project's dvc.lock is not up to date"
+        )
     noop = time_noop_repro(project, env, p.orchestration_repeats)
-    out = [Row("4 orchestration", "no-op `dvc repro`, s", median(noop), None, p.orchestration_repeats,
-               f"< {NOOP_REPRO_TARGET_S:g} s", median(noop) < NOOP_REPRO_TARGET_S)]
-    b.notes.append(f"Orchestration: measured on {where}; `dvc repro` is the console script, timed as a user "
-                   "types it (interpreter start-up included).")
+    out = [
+        Row(
+            "4 orchestration",
+            "no-op `dvc repro`, s",
+            median(noop),
+            None,
+            p.orchestration_repeats,
+            f"< {NOOP_REPRO_TARGET_S:g} s",
+            median(noop) < NOOP_REPRO_TARGET_S,
+        )
+    ]
+    b.notes.append(
+        f"Orchestration: measured on {where}; `dvc repro` is the console script, timed as a user "
+        "types it (interpreter start-up included)."
+    )
     if p.prefect:
-        flow = b.isolated(time_cached_flow, project, b.scratch / "prefect-home", p.orchestration_repeats)
-        out.append(Row("4 orchestration", "fully cached Prefect flow run, s", median(flow), None,
-                       p.orchestration_repeats))
-        b.notes.append("Prefect: the medqa flow in-process against a temporary Prefect server on 127.0.0.1 "
-                       "(prefect_test_harness); one untimed run first; every stage reported \"cached\".")
+        flow = b.isolated(
+            time_cached_flow, project, b.scratch / "prefect-home", p.orchestration_repeats
+        )
+        out.append(
+            Row(
+                "4 orchestration",
+                "fully cached Prefect flow run, s",
+                median(flow),
+                None,
+                p.orchestration_repeats,
+            )
+        )
+        b.notes.append(
+            "Prefect: the medqa flow in-process against a temporary Prefect server on 127.0.0.1 "
+            '(prefect_test_harness); one untimed run first; every stage reported "cached".'
+        )
     else:
         b.notes.append("Prefect flow not timed in this preset.")
     return out
@@ -283,32 +491,57 @@ def section_scaling(b: Bench) -> list[Row]:
     p = b.preset
     base = p.scaling_questions
     uri = f"sqlite:///{b.scratch / 'mlflow.db'}"
-    points = [(m, b.max_len) for m in p.data_multiples] + [(1, n) for n in p.seq_lengths if n != b.max_len]
+    points = [(m, b.max_len) for m in p.data_multiples] + [
+        (1, n) for n in p.seq_lengths if n != b.max_len
+    ]
     out = []
     for multiple, length in points:
-        rows = b.train_rows[:base * multiple]
+        rows = b.train_rows[: base * multiple]
         reuse = b.ours_run is not None and b.ours_run_questions == len(rows) and length == b.max_len
         if reuse:
             run = b.ours_run
         else:
-            run = b.isolated(train_ours, b.scratch / f"scale-x{multiple}-{length}", rows, None, length, length // 3,
-                             1.0, p.warmup_steps, p.warmup_steps + p.scaling_steps, uri)
+            run = b.isolated(
+                train_ours,
+                b.scratch / f"scale-x{multiple}-{length}",
+                rows,
+                None,
+                length,
+                length // 3,
+                1.0,
+                p.warmup_steps,
+                p.warmup_steps + p.scaling_steps,
+                uri,
+            )
         label = f"×{multiple} ({len(rows)} q), max_len {length}"
         n = len(run.steps)
-        out += [Row("5 scaling (ours)", f"s/step, {label}", run.seconds_per_step(), None, n),
-                Row("5 scaling (ours)", f"padding share, {label}", run.padding_share(), None, n),
-                Row("5 scaling (ours)", f"peak {run.memory_kind} MiB, {label}", run.peak_memory_mib, None, 1)]
-    b.notes.append(f"Scaling: medqa's training path, batch {b.params.train.batch_size}, {p.scaling_steps} timed steps "
-                   f"after {p.warmup_steps} warm-up per point (a point with section 1's pool and max_len reuses its "
-                   "run); doc stride = max_len / 3; each point in a fresh process, so its peak memory is its own. "
-                   "More data lets the length grouping form tighter batches (less padding); with dynamic padding a "
-                   "max_len above the longest window changes nothing, a shorter one splits contexts into more windows.")
+        out += [
+            Row("5 scaling (ours)", f"s/step, {label}", run.seconds_per_step(), None, n),
+            Row("5 scaling (ours)", f"padding share, {label}", run.padding_share(), None, n),
+            Row(
+                "5 scaling (ours)",
+                f"peak {run.memory_kind} MiB, {label}",
+                run.peak_memory_mib,
+                None,
+                1,
+            ),
+        ]
+    b.notes.append(
+        f"Scaling: medqa's training path, batch {b.params.train.batch_size}, {p.scaling_steps} timed steps "
+        f"after {p.warmup_steps} warm-up per point (a point with section 1's pool and max_len reuses its "
+        "run); doc stride = max_len / 3; each point in a fresh process, so its peak memory is its own. "
+        "More data lets the length grouping form tighter batches (less padding); with dynamic padding a "
+        "max_len above the longest window changes nothing, a shorter one splits contexts into more windows."
+    )
     return out
 
 
 SECTIONS: list[tuple[str, Callable[[Bench], list[Row]]]] = [
-    ("1 training", section_training), ("2 inference", section_inference), ("3 tokenization", section_tokenization),
-    ("4 orchestration", section_orchestration), ("5 scaling (ours)", section_scaling),
+    ("1 training", section_training),
+    ("2 inference", section_inference),
+    ("3 tokenization", section_tokenization),
+    ("4 orchestration", section_orchestration),
+    ("5 scaling (ours)", section_scaling),
 ]
 
 
@@ -322,8 +555,13 @@ def load_rows(scratch: Path, params: Any) -> tuple[list[dict[str, Any]], list[di
         from medqa.data import validate_squad_records
 
         validated = scratch / "validated"
-        validate_squad_records(ROOT / params.validate.raw_path, validated, scratch / "rejected.jsonl",
-                               scratch / "validation.json", params.validate)
+        validate_squad_records(
+            ROOT / params.validate.raw_path,
+            validated,
+            scratch / "rejected.jsonl",
+            scratch / "validation.json",
+            params.validate,
+        )
     splits = []
     for split in ("train", "dev"):
         rows = read_jsonl(validated / f"{split}.jsonl")
@@ -334,23 +572,41 @@ def load_rows(scratch: Path, params: Any) -> tuple[list[dict[str, Any]], list[di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m benchmarks.run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__,
         epilog="Presets: small (about 7 minutes on an idle 2-core CPU: 6 training steps per path, 48 "
-               "inference questions) and full (the whole train split for the recipe's epochs and the whole dev "
-               "split: hours on a 2-core CPU, minutes on a GPU).")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                        help="how much to measure (default small)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in every measured process (default: one per available core)")
-    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "benchmarks.md",
-                        help="where the report is written (default reports/benchmarks.md)")
-    parser.add_argument("--keep-scratch", action="store_true", help="keep the temporary folder and its log")
+        "inference questions) and full (the whole train split for the recipe's epochs and the whole dev "
+        "split: hours on a 2-core CPU, minutes on a GPU).",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="small",
+        help="how much to measure (default small)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in every measured process (default: one per available core)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "reports" / "benchmarks.md",
+        help="where the report is written (default reports/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--keep-scratch", action="store_true", help="keep the temporary folder and its log"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     threads = args.threads or len(os.sched_getaffinity(0))
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch loads, here and in every child process
+    os.environ["OMP_NUM_THREADS"] = str(
+        threads
+    )  # before torch loads, here and in every child process
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     preset = PRESETS[args.preset]
@@ -381,8 +637,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
     wall = time.perf_counter() - started
-    b.notes.append(f"Wall time {wall / 60:.1f} min; load average {load_start:.2f} at the start and "
-                   f"{os.getloadavg()[0]:.2f} at the end (other work on the machine slows both sides alike).")
+    b.notes.append(
+        f"Wall time {wall / 60:.1f} min; load average {load_start:.2f} at the start and "
+        f"{os.getloadavg()[0]:.2f} at the end (other work on the machine slows both sides alike)."
+    )
     title = f"medqa benchmarks: ours vs plain Hugging Face (preset {preset.name})"
     text = render_report(title, machine.header(), rows, b.notes)
     from medqa.atomic import write_text_atomic
@@ -390,7 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(args.output, text)
     print("\n" + text + f"\nwritten to {args.output}")
     if failed and not args.keep_scratch:
-        print(f"sections failed: {', '.join(failed)}; scratch folder kept for its log: {scratch}", file=sys.stderr)
+        print(
+            f"sections failed: {', '.join(failed)}; scratch folder kept for its log: {scratch}",
+            file=sys.stderr,
+        )
     elif not args.keep_scratch:
         shutil.rmtree(scratch, ignore_errors=True)
     return 1 if failed else 0

@@ -33,13 +33,20 @@ def _timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
     return seconds, out
 
 
-def time_tokenization(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], max_seq_length: int,
-                      doc_stride: int, repeats: int) -> TokenizeTiming:
+def time_tokenization(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    max_seq_length: int,
+    doc_stride: int,
+    repeats: int,
+) -> TokenizeTiming:
     """Both paths over ``rows``, ``repeats`` times each after one warm-up call."""
     from medqa.config import TokenizeParams
     from medqa.features import build_train_features
 
     params = TokenizeParams(max_seq_length, doc_stride)
     ours, ours_out = _timed(lambda: build_train_features(tokenizer, rows, params), repeats)
-    ref, ref_out = _timed(lambda: reference_train_features(tokenizer, rows, max_seq_length, doc_stride), repeats)
+    ref, ref_out = _timed(
+        lambda: reference_train_features(tokenizer, rows, max_seq_length, doc_stride), repeats
+    )
     return TokenizeTiming(ours, ref, len(ours_out), len(ref_out["input_ids"]))

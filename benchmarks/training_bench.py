@@ -80,8 +80,11 @@ def combine(runs: list[TrainRun]) -> TrainRun:
     """Several runs of one set-up as one: their timed steps pooled, the highest peak memory, and the
     first run's dev F1 (the runs are the same seeded training, so only the first is scored)."""
     first = runs[0]
-    return dataclasses.replace(first, steps=[s for run in runs for s in run.steps],
-                               peak_memory_mib=max(run.peak_memory_mib for run in runs))
+    return dataclasses.replace(
+        first,
+        steps=[s for run in runs for s in run.steps],
+        peak_memory_mib=max(run.peak_memory_mib for run in runs),
+    )
 
 
 class StepClock(TrainerCallback):
@@ -96,10 +99,10 @@ class StepClock(TrainerCallback):
         mask = inputs["attention_mask"]
         self.batches.append((int(mask.shape[0]), int(mask.sum()), int(mask.numel())))
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer signature
+    def on_train_begin(self, args, state, control, **kwargs):
         self.marks = [(time.perf_counter(), time.process_time())]
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         self.marks.append((time.perf_counter(), time.process_time()))
         if self.max_steps is not None and state.global_step >= self.max_steps:
             control.should_training_stop = True
@@ -114,10 +117,14 @@ def instrumented(clock: StepClock) -> type[Trainer]:
     """A Trainer that reports to ``clock``: each training batch's shape, and its step ends."""
 
     class InstrumentedTrainer(Trainer):
-        def __init__(self, *args: Any, callbacks: list[TrainerCallback] | None = None, **kwargs: Any):
+        def __init__(
+            self, *args: Any, callbacks: list[TrainerCallback] | None = None, **kwargs: Any
+        ):
             super().__init__(*args, callbacks=[*(callbacks or []), clock], **kwargs)
 
-        def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        def training_step(
+            self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any
+        ) -> Any:
             clock.record_batch(inputs)
             return super().training_step(model, inputs, *args, **kwargs)
 
@@ -134,16 +141,30 @@ def training_flops_per_token(model: Any, mean_length: float) -> float:
 
 def _dev_f1(model: Any, tokenizer: Any, rows: list[dict[str, Any]], params: Any) -> float:
     """Dev F1 with medqa's own windows, decoding and threshold tuning, identical for both models."""
-    from medqa.scoring import score_split
     from medqa.features import build_eval_features
+    from medqa.scoring import score_split
 
     features = build_eval_features(tokenizer, rows, params.tokenize)
-    return score_split(model, features, rows, params.evaluate.decode, params.evaluate.batch_size,
-                       tokenizer.pad_token_id or 0)["f1"]
+    return score_split(
+        model,
+        features,
+        rows,
+        params.evaluate.decode,
+        params.evaluate.batch_size,
+        tokenizer.pad_token_id or 0,
+    )["f1"]
 
 
-def _finish(clock: StepClock, warmup: int, model: Any, device: str, dev_rows: list[dict[str, Any]] | None,
-            tokenizer: Any, params: Any, precision: str) -> TrainRun:
+def _finish(
+    clock: StepClock,
+    warmup: int,
+    model: Any,
+    device: str,
+    dev_rows: list[dict[str, Any]] | None,
+    tokenizer: Any,
+    params: Any,
+    precision: str,
+) -> TrainRun:
     steps = clock.steps(warmup)
     peak, kind = peak_memory_mib(device)  # before dev scoring, so it is the training peak
     mean_length = sum(s.real_tokens for s in steps) / max(1, sum(s.examples for s in steps))
@@ -157,13 +178,24 @@ def _params(max_seq_length: int, doc_stride: int, epochs: float) -> Any:
     from medqa.config import TokenizeParams, load_params
 
     params = load_params(ROOT / "params.yaml")
-    return dataclasses.replace(params, tokenize=TokenizeParams(max_seq_length=max_seq_length, doc_stride=doc_stride),
-                               train=dataclasses.replace(params.train, epochs=epochs))
+    return dataclasses.replace(
+        params,
+        tokenize=TokenizeParams(max_seq_length=max_seq_length, doc_stride=doc_stride),
+        train=dataclasses.replace(params.train, epochs=epochs),
+    )
 
 
-def train_ours(work: Path, train_rows: list[dict[str, Any]], dev_rows: list[dict[str, Any]] | None,
-               max_seq_length: int, doc_stride: int, epochs: float, warmup: int,
-               max_steps: int | None, mlflow_uri: str) -> TrainRun:
+def train_ours(
+    work: Path,
+    train_rows: list[dict[str, Any]],
+    dev_rows: list[dict[str, Any]] | None,
+    max_seq_length: int,
+    doc_stride: int,
+    epochs: float,
+    warmup: int,
+    max_steps: int | None,
+    mlflow_uri: str,
+) -> TrainRun:
     """medqa's tokenize stage and fine_tune on ``train_rows``, in the scratch folder ``work``.
 
     Runs in its own process: it changes into ``work`` so that fine_tune's relative defaults (mlruns/,
@@ -185,16 +217,34 @@ def train_ours(work: Path, train_rows: list[dict[str, Any]], dev_rows: list[dict
     tokenize_splits(validated, work / "features", params.base_model, params.tokenize)
     clock = StepClock(max_steps)
     with mock.patch.object(medqa.training, "Trainer", instrumented(clock)):
-        summary = medqa.training.fine_tune(work / "features", validated, work / "model", work / "curve.json", params)
+        summary = medqa.training.fine_tune(
+            work / "features", validated, work / "model", work / "curve.json", params
+        )
     device = summary["device"]["device"]
     model = load_qa_model(str(work / "model"))
-    return _finish(clock, warmup, model.to(device), device, dev_rows, load_tokenizer(str(work / "model")), params,
-                   summary["precision"])
+    return _finish(
+        clock,
+        warmup,
+        model.to(device),
+        device,
+        dev_rows,
+        load_tokenizer(str(work / "model")),
+        params,
+        summary["precision"],
+    )
 
 
-def train_reference(work: Path, train_rows: list[dict[str, Any]], dev_rows: list[dict[str, Any]] | None,
-                    max_seq_length: int, doc_stride: int, epochs: float, warmup: int,
-                    max_steps: int | None, precision: str) -> TrainRun:
+def train_reference(
+    work: Path,
+    train_rows: list[dict[str, Any]],
+    dev_rows: list[dict[str, Any]] | None,
+    max_seq_length: int,
+    doc_stride: int,
+    epochs: float,
+    warmup: int,
+    max_steps: int | None,
+    precision: str,
+) -> TrainRun:
     """The run_qa-style reference on the same rows, recipe, seed, base model, device and ``precision``
     (the one medqa's run chose)."""
     from datasets import Dataset
@@ -206,15 +256,35 @@ def train_reference(work: Path, train_rows: list[dict[str, Any]], dev_rows: list
 
     params = _params(max_seq_length, doc_stride, epochs)
     tp = params.train
-    set_seed(tp.seed)  # before loading, as fine_tune does: both QA heads start from the same weights
+    set_seed(
+        tp.seed
+    )  # before loading, as fine_tune does: both QA heads start from the same weights
     info = detect_device(tp.device)
     tokenizer = load_tokenizer(params.base_model)
     model = load_qa_model(params.base_model)
-    dataset = Dataset.from_dict(reference_train_features(tokenizer, train_rows, max_seq_length, doc_stride))
-    args = reference_training_args(str(work), tp.batch_size, tp.learning_rate, epochs, tp.weight_decay,
-                                   tp.warmup_ratio, tp.seed, precision, info.backend == "cpu")
+    dataset = Dataset.from_dict(
+        reference_train_features(tokenizer, train_rows, max_seq_length, doc_stride)
+    )
+    args = reference_training_args(
+        str(work),
+        tp.batch_size,
+        tp.learning_rate,
+        epochs,
+        tp.weight_decay,
+        tp.warmup_ratio,
+        tp.seed,
+        precision,
+        info.backend == "cpu",
+    )
     clock = StepClock(max_steps)
-    trainer = instrumented(clock)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                  data_collator=default_data_collator)
+    trainer = instrumented(clock)(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
     trainer.train()
-    return _finish(clock, warmup, trainer.model, info.device, dev_rows, tokenizer, params, precision)
+    return _finish(
+        clock, warmup, trainer.model, info.device, dev_rows, tokenizer, params, precision
+    )

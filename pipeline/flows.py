@@ -55,12 +55,14 @@ from medqa.reports import figure
 
 STAGES = ("validate", "tokenize", "train", "evaluate", "register")
 PARAMS_FILE = "params.yaml"
-METRICS_FILE = "reports/metrics.json"            # written by the evaluate stage (dvc.yaml metrics)
+METRICS_FILE = "reports/metrics.json"  # written by the evaluate stage (dvc.yaml metrics)
 REGISTRATION_FILE = "reports/registration.json"  # written by the register stage
-PIPELINE_LOCK_FILE = "medqa-pipeline.lock"       # in DVC's .dvc/tmp
+PIPELINE_LOCK_FILE = "medqa-pipeline.lock"  # in DVC's .dvc/tmp
 ARTIFACT_KEY = "medqa-pipeline"
 PERMANENT_EXIT_CODES = frozenset({2, 126, 127})
-_RUN_CACHE_RESTORE = "Stage '%s' is cached - skipping run, checking out outputs"  # dvc/stage/cache.py
+_RUN_CACHE_RESTORE = (
+    "Stage '%s' is cached - skipping run, checking out outputs"  # dvc/stage/cache.py
+)
 _ERROR_LINE = re.compile(r"^medqa \S+: error: .*$", re.MULTILINE)
 _EXIT_STATUS = re.compile(r"exited with (-?\d+)")
 
@@ -71,7 +73,9 @@ class StageError(Exception):
     """A stage could not be reproduced; ``transient`` says whether running it again may help."""
 
     def __init__(self, stage: str, message: str, transient: bool) -> None:
-        super().__init__(stage, message, transient)  # all in args, so the exception pickles into Prefect's state
+        super().__init__(
+            stage, message, transient
+        )  # all in args, so the exception pickles into Prefect's state
         self.stage, self.message, self.transient = stage, message, transient
 
     def __str__(self) -> str:
@@ -113,7 +117,9 @@ def _tee_fd(fd: int, keep: int = 200) -> Iterator[deque[str]]:
         sys.stderr.flush()
         os.dup2(saved, fd)  # drops this process's last write end of the pipe: the reader gets EOF
         reader.join(timeout=10)
-        if not reader.is_alive():  # a stray grandchild may still hold the pipe: then keep `saved` open for it
+        if (
+            not reader.is_alive()
+        ):  # a stray grandchild may still hold the pipe: then keep `saved` open for it
             os.close(saved)
 
 
@@ -163,8 +169,12 @@ def _stage_error(stage: str, exc: DvcException, stderr: list[str]) -> StageError
         chain.append(cause)
         cause = cause.__cause__
     if any(isinstance(e, LockError) for e in chain):
-        return StageError(stage, "another DVC process (e.g. a `dvc repro` in a terminal) holds the repo lock "
-                                 ".dvc/tmp/lock", transient=True)
+        return StageError(
+            stage,
+            "another DVC process (e.g. a `dvc repro` in a terminal) holds the repo lock "
+            ".dvc/tmp/lock",
+            transient=True,
+        )
     failed = next((e for e in chain if isinstance(e, StageCmdFailedError)), None)
     if failed is None:
         return StageError(stage, ": ".join(str(e) for e in chain), transient=False)
@@ -190,8 +200,15 @@ def reproduce_stage(project_dir: str, stage: str) -> StageStatus:
     next to this Prefect, whichever shell started the worker.
     """
     logger = get_run_logger()
-    run_env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    with _working_dir(project_dir), _watch_run_cache() as watch, _tee_fd(1) as stdout, _tee_fd(2) as stderr:
+    run_env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    }
+    with (
+        _working_dir(project_dir),
+        _watch_run_cache() as watch,
+        _tee_fd(1) as stdout,
+        _tee_fd(2) as stderr,
+    ):
         try:
             with Repo(project_dir) as repo:
                 reproduced = repo.reproduce(stage, single_item=True, run_env=run_env)
@@ -218,7 +235,9 @@ def apply_param_overrides(params_path: Path, overrides: dict[str, Any]) -> None:
             for key in parents:
                 node = node.get(key) if isinstance(node, dict) else None
             if not isinstance(node, dict) or leaf not in node:
-                raise ValueError(f"{params_path.name} has no key {dotted!r}; only existing keys can be overridden")
+                raise ValueError(
+                    f"{params_path.name} has no key {dotted!r}; only existing keys can be overridden"
+                )
             node[leaf] = value
 
 
@@ -238,8 +257,11 @@ def _pipeline_lock(tmp_dir: str, timeout_s: float, logger: logging.LoggerAdapter
             if left <= 0:
                 raise PipelineBusyError(
                     f"another medqa pipeline run holds {path}; gave up after waiting {timeout_s:g} s "
-                    "(flow parameter lock_timeout_s)") from None
-            logger.info("another medqa pipeline run holds %s; retrying in %.0f s", path, min(delay, left))
+                    "(flow parameter lock_timeout_s)"
+                ) from None
+            logger.info(
+                "another medqa pipeline run holds %s; retrying in %.0f s", path, min(delay, left)
+            )
             time.sleep(min(delay, left))
             delay = min(delay * 2, 60.0)
     try:
@@ -248,7 +270,9 @@ def _pipeline_lock(tmp_dir: str, timeout_s: float, logger: logging.LoggerAdapter
         lock.unlock()
 
 
-def _results_markdown(root: Path, statuses: dict[str, str], overrides: dict[str, Any] | None) -> str:
+def _results_markdown(
+    root: Path, statuses: dict[str, str], overrides: dict[str, Any] | None
+) -> str:
     """The run's artifact: what each stage did, test EM/F1 against the baselines, the registration."""
     lines = ["## medqa pipeline", "", "| stage | result |", "|---|---|"]
     lines += [f"| {stage} | {status} |" for stage, status in statuses.items()]
@@ -260,22 +284,39 @@ def _results_markdown(root: Path, statuses: dict[str, str], overrides: dict[str,
     metrics = json.loads((root / METRICS_FILE).read_text(encoding="utf-8"))
     registration = json.loads((root / REGISTRATION_FILE).read_text(encoding="utf-8"))
     lo, hi = metrics.get("f1_ci95") or (None, None)
-    lines += ["", "| test metric | value |", "|---|---|", f"| EM | {figure(metrics['exact'])} |",
-              f"| F1 | {figure(metrics['f1'])} |",
-              f"| F1 95% CI (n={metrics['n']}) | {figure(lo)} – {figure(hi)} |"]
-    lines += [f"| baseline {name} F1 | {figure(f1)} |" for name, f1 in metrics["baselines_f1"].items()]
-    lines.append(f"| lead over best baseline ({metrics['best_baseline']}) | "
-                 f"{figure(metrics['lead_over_best_baseline'], '+.4f')} |")
+    lines += [
+        "",
+        "| test metric | value |",
+        "|---|---|",
+        f"| EM | {figure(metrics['exact'])} |",
+        f"| F1 | {figure(metrics['f1'])} |",
+        f"| F1 95% CI (n={metrics['n']}) | {figure(lo)} – {figure(hi)} |",
+    ]
+    lines += [
+        f"| baseline {name} F1 | {figure(f1)} |" for name, f1 in metrics["baselines_f1"].items()
+    ]
+    lines.append(
+        f"| lead over best baseline ({metrics['best_baseline']}) | "
+        f"{figure(metrics['lead_over_best_baseline'], '+.4f')} |"
+    )
     champion = "became @champion" if registration["promoted"] else "did not become @champion"
     when = " (an earlier run's: register was cached)" if statuses["register"] == "cached" else ""
-    lines += ["", f"Registered `{registration['model_name']}` v{registration['version']}{when}: {champion} — "
-                  f"{registration['reason']}"]
+    lines += [
+        "",
+        f"Registered `{registration['model_name']}` v{registration['version']}{when}: {champion} — "
+        f"{registration['reason']}",
+    ]
     return "\n".join(lines)
 
 
 @flow
-def medqa_pipeline(project_dir: str | None = None, overrides: dict[str, Any] | None = None, retries: int = 2,
-                   retry_backoff_s: float = 30.0, lock_timeout_s: float = 3600.0) -> dict[str, str]:
+def medqa_pipeline(
+    project_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    retries: int = 2,
+    retry_backoff_s: float = 30.0,
+    lock_timeout_s: float = 3600.0,
+) -> dict[str, str]:
     """validate → tokenize → train → evaluate → register, each reproduced by DVC in ``project_dir``.
 
     Args:
@@ -299,15 +340,21 @@ def medqa_pipeline(project_dir: str | None = None, overrides: dict[str, Any] | N
                 apply_param_overrides(root / PARAMS_FILE, overrides)
                 logger.info("params.yaml overrides applied: %s", overrides)
             for stage in STAGES:
-                run = reproduce_stage.with_options(name=stage, retries=retries,
-                                                   retry_delay_seconds=exponential_backoff(retry_backoff_s))
+                run = reproduce_stage.with_options(
+                    name=stage,
+                    retries=retries,
+                    retry_delay_seconds=exponential_backoff(retry_backoff_s),
+                )
                 try:
                     statuses[stage] = run(str(root), stage)
                 except Exception:
                     statuses[stage] = "failed"
                     raise
         finally:
-            create_markdown_artifact(markdown=_results_markdown(root, statuses, overrides), key=ARTIFACT_KEY,
-                                     description="medqa pipeline: stage results, test EM/F1, registration")
+            create_markdown_artifact(
+                markdown=_results_markdown(root, statuses, overrides),
+                key=ARTIFACT_KEY,
+                description="medqa pipeline: stage results, test EM/F1, registration",
+            )
     logger.info("stages: %s", statuses)
     return statuses

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-from prefect.flows import EntrypointType
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import EntrypointType
+from pydantic import ValidationError
 
 from medqa.config import load_yaml
 from pipeline.flows import medqa_pipeline
@@ -35,21 +35,46 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m pipeline.serve",
         description="Serve the medqa pipeline (validate, tokenize, train, evaluate, register; each stage "
-                    "reproduced by DVC) as a Prefect deployment on a cron schedule. Needs a Prefect server: "
-                    "`prefect server start --host 127.0.0.1 --port 4200` and "
-                    "PREFECT_API_URL=http://127.0.0.1:4200/api. Runs until stopped (SIGTERM or Ctrl-C).")
-    ap.add_argument("--cron", default=DEFAULT_CRON,
-                    help=f'cron schedule, five fields (default: "{DEFAULT_CRON}", nightly at 02:00)')
-    ap.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule (default: UTC)")
+        "reproduced by DVC) as a Prefect deployment on a cron schedule. Needs a Prefect server: "
+        "`prefect server start --host 127.0.0.1 --port 4200` and "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api. Runs until stopped (SIGTERM or Ctrl-C).",
+    )
+    ap.add_argument(
+        "--cron",
+        default=DEFAULT_CRON,
+        help=f'cron schedule, five fields (default: "{DEFAULT_CRON}", nightly at 02:00)',
+    )
+    ap.add_argument(
+        "--timezone", default="UTC", help="IANA time zone of the schedule (default: UTC)"
+    )
     ap.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
-    ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
-                    help="the DVC project the runs reproduce (default: the current folder)")
-    ap.add_argument("--set", dest="overrides", metavar="KEY=VALUE", type=_override, action="append", default=[],
-                    help="default params.yaml override for every run, e.g. --set train.epochs=5 (repeatable)")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="retries of a stage that failed transiently, never for bad data or params (default: 2)")
-    ap.add_argument("--retry-backoff", type=float, default=30.0,
-                    help="first retry delay in seconds, doubling after each retry (default: 30)")
+    ap.add_argument(
+        "--project-dir",
+        type=Path,
+        default=Path.cwd(),
+        help="the DVC project the runs reproduce (default: the current folder)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=_override,
+        action="append",
+        default=[],
+        help="default params.yaml override for every run, e.g. --set train.epochs=5 (repeatable)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="retries of a stage that failed transiently, never for bad data or params (default: 2)",
+    )
+    ap.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=30.0,
+        help="first retry delay in seconds, doubling after each retry (default: 30)",
+    )
     return ap
 
 
@@ -61,13 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         schedule = CronSchedule(cron=args.cron, timezone=args.timezone)
     except ValidationError as e:
         ap.error("; ".join(err["msg"] for err in e.errors()))
-    parameters: dict[str, Any] = {"project_dir": str(args.project_dir.resolve()), "retries": args.retries,
-                                  "retry_backoff_s": args.retry_backoff}
+    parameters: dict[str, Any] = {
+        "project_dir": str(args.project_dir.resolve()),
+        "retries": args.retries,
+        "retry_backoff_s": args.retry_backoff,
+    }
     if args.overrides:
         parameters["overrides"] = dict(args.overrides)
-    medqa_pipeline.serve(name=args.name, schedules=[schedule], parameters=parameters, limit=1, tags=["medqa"],
-                         description="validate → tokenize → train → evaluate → register, reproduced by DVC",
-                         entrypoint_type=EntrypointType.MODULE_PATH)
+    medqa_pipeline.serve(
+        name=args.name,
+        schedules=[schedule],
+        parameters=parameters,
+        limit=1,
+        tags=["medqa"],
+        description="validate → tokenize → train → evaluate → register, reproduced by DVC",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
     return 0
 
 

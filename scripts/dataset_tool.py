@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 from collections import Counter
@@ -22,9 +21,23 @@ from pathlib import Path
 from typing import Any
 
 QUESTION_TYPES = {
-    "definition", "epidemiology", "risk_factor", "anatomy", "pathophysiology", "classification",
-    "symptom", "diagnosis", "imaging", "treatment", "dosage", "side_effect", "prognosis",
-    "monitoring", "rehabilitation", "differential", "note_extraction",
+    "definition",
+    "epidemiology",
+    "risk_factor",
+    "anatomy",
+    "pathophysiology",
+    "classification",
+    "symptom",
+    "diagnosis",
+    "imaging",
+    "treatment",
+    "dosage",
+    "side_effect",
+    "prognosis",
+    "monitoring",
+    "rehabilitation",
+    "differential",
+    "note_extraction",
 }
 KINDS = {"reference", "note"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +89,9 @@ def check(passages: list[tuple[Path, dict[str, Any]]]) -> list[str]:
             if key not in p:
                 problems.append(f"{where}: missing key {key!r}")
         if p.get("split", "train") != "train":
-            problems.append(f"{where}: split may only pin a passage to 'train' (dev and test are dealt)")
+            problems.append(
+                f"{where}: split may only pin a passage to 'train' (dev and test are dealt)"
+            )
         if p.get("kind") not in KINDS:
             problems.append(f"{where}: kind must be one of {sorted(KINDS)}")
         ctx = p.get("context", "")
@@ -96,7 +111,9 @@ def check(passages: list[tuple[Path, dict[str, Any]]]) -> list[str]:
                 problems.append(f"{qwhere}: duplicate question")
             questions.add(q)
             if qa.get("type") not in QUESTION_TYPES:
-                problems.append(f"{qwhere}: type {qa.get('type')!r} not in {sorted(QUESTION_TYPES)}")
+                problems.append(
+                    f"{qwhere}: type {qa.get('type')!r} not in {sorted(QUESTION_TYPES)}"
+                )
             ans = qa.get("answer")
             if ans is None:
                 continue
@@ -107,7 +124,9 @@ def check(passages: list[tuple[Path, dict[str, Any]]]) -> list[str]:
             if count == 0:
                 problems.append(f"{qwhere}: answer {ans!r} is not in the context verbatim")
             elif count > 1 and "occurrence" not in qa:
-                problems.append(f"{qwhere}: answer {ans!r} occurs {count} times; add \"occurrence\": n")
+                problems.append(
+                    f'{qwhere}: answer {ans!r} occurs {count} times; add "occurrence": n'
+                )
             elif occ > count:
                 problems.append(f"{qwhere}: occurrence {occ} but answer occurs {count} times")
             if len(ans.split()) > 12:
@@ -137,6 +156,7 @@ def assign_splits(passages: list[dict[str, Any]]) -> dict[str, str]:
     are not dealt: they join train and leave every other passage's split, so dev and test, unchanged,
     so learning-curve points before and after growth are scored on the same questions.
     """
+
     def key(p: dict[str, Any]) -> tuple[str, str, str]:
         return (p["kind"], p["pid"].split("-")[0], hashlib.sha256(p["pid"].encode()).hexdigest())
 
@@ -160,10 +180,21 @@ def to_squad(passages: list[dict[str, Any]], split: str) -> dict[str, Any]:
                 "answers": [],
             }
             if ans is not None:
-                entry["answers"] = [{"text": ans, "answer_start": answer_start(p["context"], ans, qa.get("occurrence", 1))}]
+                entry["answers"] = [
+                    {
+                        "text": ans,
+                        "answer_start": answer_start(p["context"], ans, qa.get("occurrence", 1)),
+                    }
+                ]
             qas.append(entry)
-        data.append({"title": p["title"], "kind": p["kind"], "topic": p["topic"],
-                     "paragraphs": [{"context": p["context"], "qas": qas}]})
+        data.append(
+            {
+                "title": p["title"],
+                "kind": p["kind"],
+                "topic": p["topic"],
+                "paragraphs": [{"context": p["context"], "qas": qas}],
+            }
+        )
     return {"version": "v2.0", "split": split, "data": data}
 
 
@@ -180,18 +211,28 @@ def card_tables(raw_dir: Path) -> str:
     """Markdown statistics of the built splits, for data/README.md."""
     import statistics
 
-    docs = {s: json.loads((raw_dir / f"{s}.json").read_text(encoding="utf-8")) for s in ("train", "dev", "test")}
+    docs = {
+        s: json.loads((raw_dir / f"{s}.json").read_text(encoding="utf-8"))
+        for s in ("train", "dev", "test")
+    }
     qas = {s: [q for a in d["data"] for q in a["paragraphs"][0]["qas"]] for s, d in docs.items()}
-    lines = ["| split | passages | of which notes | questions | answerable | unanswerable |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| split | passages | of which notes | questions | answerable | unanswerable |",
+        "|---|---|---|---|---|---|",
+    ]
     for s, d in docs.items():
         n_no = sum(q["is_impossible"] for q in qas[s])
-        lines.append(f"| {s} | {len(d['data'])} | {sum(a['kind'] == 'note' for a in d['data'])} | {len(qas[s])} "
-                     f"| {len(qas[s]) - n_no} | {n_no} ({n_no / len(qas[s]):.1%}) |")
+        lines.append(
+            f"| {s} | {len(d['data'])} | {sum(a['kind'] == 'note' for a in d['data'])} | {len(qas[s])} "
+            f"| {len(qas[s]) - n_no} | {n_no} ({n_no / len(qas[s]):.1%}) |"
+        )
     all_q = [q for v in qas.values() for q in v]
     arts = [a for d in docs.values() for a in d["data"]]
     n_no = sum(q["is_impossible"] for q in all_q)
-    lines.append(f"| **all** | {len(arts)} | {sum(a['kind'] == 'note' for a in arts)} | {len(all_q)} "
-                 f"| {len(all_q) - n_no} | {n_no} ({n_no / len(all_q):.1%}) |")
+    lines.append(
+        f"| **all** | {len(arts)} | {sum(a['kind'] == 'note' for a in arts)} | {len(all_q)} "
+        f"| {len(all_q) - n_no} | {n_no} ({n_no / len(all_q):.1%}) |"
+    )
     types = Counter(q["question_type"] for q in all_q)
     lines += ["", "| question type | all | train | dev | test |", "|---|---|---|---|---|"]
     for t, n in types.most_common():
@@ -204,14 +245,21 @@ def card_tables(raw_dir: Path) -> str:
     words = [len(a["paragraphs"][0]["context"].split()) for a in arts]
     answers = [len(q["answers"][0]["text"].split()) for q in all_q if q["answers"]]
     questions = [len(q["question"].split()) for q in all_q]
-    lines += ["", "| length (words) | min / median / mean / max |", "|---|---|",
-              f"| passage | {describe(words)} |", f"| question | {describe(questions)} |",
-              f"| answer | {describe(answers)} |"]
+    lines += [
+        "",
+        "| length (words) | min / median / mean / max |",
+        "|---|---|",
+        f"| passage | {describe(words)} |",
+        f"| question | {describe(questions)} |",
+        f"| answer | {describe(answers)} |",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="check authored source files or folders")
     c.add_argument("paths", nargs="+", type=Path)

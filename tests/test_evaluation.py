@@ -9,9 +9,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import tiny_squad_slice
 from mlflow import MlflowClient
 
+from conftest import tiny_squad_slice
 from medqa.cli import main
 from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
 from medqa.data import validate_squad_records
@@ -33,25 +33,46 @@ def project(tmp_path_factory, tiny_model_dir):
     raw.mkdir()
     for split, n in (("train", 1), ("dev", 2), ("test", 2)):
         (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
-    validate_squad_records(raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json",
-                           ValidateParams())
+    validate_squad_records(
+        raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json", ValidateParams()
+    )
     tokenize_splits(proj / "validated", proj / "features", str(tiny_model_dir), WINDOWS)
     ckpt = proj / "checkpoint"
     shutil.copytree(tiny_model_dir, ckpt)
-    (ckpt / "medqa.json").write_text(json.dumps({"backend": "cpu", "base_model": str(tiny_model_dir),
-                                                 "max_seq_length": WINDOWS.max_seq_length,
-                                                 "doc_stride": WINDOWS.doc_stride}))
+    (ckpt / "medqa.json").write_text(
+        json.dumps(
+            {
+                "backend": "cpu",
+                "base_model": str(tiny_model_dir),
+                "max_seq_length": WINDOWS.max_seq_length,
+                "doc_stride": WINDOWS.doc_stride,
+            }
+        )
+    )
     return proj
 
 
 def _stage(proj: Path, base_model: Path) -> dict:
-    return evaluate_checkpoint(proj / "checkpoint", proj / "features", proj / "validated", proj / "reports",
-                               str(base_model), PARAMS)
+    return evaluate_checkpoint(
+        proj / "checkpoint",
+        proj / "features",
+        proj / "validated",
+        proj / "reports",
+        str(base_model),
+        PARAMS,
+    )
 
 
 def _register(proj: Path, ckpt: Path, metrics: Path, min_f1: float = 0.0) -> dict:
-    return register_model(ckpt, metrics, proj / "reports" / "decoding.json", proj / "validated" / "test.jsonl",
-                          proj / "registration.json", RegisterParams(NAME, min_f1), batch_size=8)
+    return register_model(
+        ckpt,
+        metrics,
+        proj / "reports" / "decoding.json",
+        proj / "validated" / "test.jsonl",
+        proj / "registration.json",
+        RegisterParams(NAME, min_f1),
+        batch_size=8,
+    )
 
 
 def _perturbed_copy(src: Path, dst: Path, delta: float) -> Path:
@@ -66,7 +87,9 @@ def _perturbed_copy(src: Path, dst: Path, delta: float) -> Path:
     return dst
 
 
-def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(in_project, tiny_model_dir, capsys):
+def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
+    in_project, tiny_model_dir, capsys
+):
     """Issue "Trust the cache and the gate" 6 and 7: one gate, on the same rows; one version per checkpoint."""
     proj = in_project
     first = _stage(proj, tiny_model_dir)
@@ -82,17 +105,24 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(in_pr
     with mlflow.start_run() as run:
         pass
     config = json.loads((proj / "checkpoint" / "medqa.json").read_text())
-    (proj / "checkpoint" / "medqa.json").write_text(json.dumps(config | {"run_id": run.info.run_id}))
+    (proj / "checkpoint" / "medqa.json").write_text(
+        json.dumps(config | {"run_id": run.info.run_id})
+    )
     metrics = proj / "reports" / "metrics.json"
     reg = _register(proj, proj / "checkpoint", metrics)
     assert reg["promoted"] and reg["version"] == "1" and reg["new_version"]
     second = _stage(proj, tiny_model_dir)  # a champion now exists: evaluate's figures do not move
-    assert {k: second[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")} == \
-           {k: first[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")}
+    assert {k: second[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")} == {
+        k: first[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")
+    }
 
     # the same checkpoint again (say only register.min_f1 changed): no new version, the gate re-decided
     again = _register(proj, proj / "checkpoint", metrics, min_f1=0.0)
-    assert again["version"] == "1" and not again["new_version"] and "already registered as v1" in again["reason"]
+    assert (
+        again["version"] == "1"
+        and not again["new_version"]
+        and "already registered as v1" in again["reason"]
+    )
     client = MlflowClient()
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
     assert client.get_model_version(NAME, "1").tags["gate_reason"] == again["reason"]
@@ -105,23 +135,60 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(in_pr
     worse.write_text(json.dumps(json.loads(metrics.read_text()) | {"f1": first["f1"] / 2}))
     cand = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt2", 1e-4), worse)
     assert cand["version"] == "2" and not cand["promoted"]
-    assert "below champion v1's" in cand["reason"] and "scored now on the same test rows" in cand["reason"]
+    assert (
+        "below champion v1's" in cand["reason"]
+        and "scored now on the same test rows" in cand["reason"]
+    )
     assert cand["previous_champion_f1"] == pytest.approx(first["f1"])
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     on_disk = json.loads((proj / "registration.json").read_text())
-    assert on_disk["reason"] == cand["reason"] and client.get_model_version(NAME, "2").tags["gate_promoted"] == "false"
+    assert (
+        on_disk["reason"] == cand["reason"]
+        and client.get_model_version(NAME, "2").tags["gate_promoted"] == "false"
+    )
 
     # the same model by registry URI in ad-hoc mode: its recorded threshold, the same figures
     out = proj / "adhoc"
-    assert main(["evaluate", "--model", f"models:/{NAME}@champion", "--split", "test",
-                 "--validated", str(proj / "validated"), "--reports", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                f"models:/{NAME}@champion",
+                "--split",
+                "test",
+                "--validated",
+                str(proj / "validated"),
+                "--reports",
+                str(out),
+            ]
+        )
+        == 0
+    )
     adhoc = json.loads((out / "metrics.json").read_text())
     assert adhoc["f1"] == pytest.approx(second["f1"]) and adhoc["model_version"] == "1"
-    assert adhoc["null_threshold"] == first["null_threshold"] and "95% CI" in capsys.readouterr().out
-    assert main(["evaluate", "--model", f"models:/{NAME}@nope", "--split", "test",
-                 "--validated", str(proj / "validated")]) == 2
+    assert (
+        adhoc["null_threshold"] == first["null_threshold"] and "95% CI" in capsys.readouterr().out
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                f"models:/{NAME}@nope",
+                "--split",
+                "test",
+                "--validated",
+                str(proj / "validated"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert f"models:/{NAME}@nope: {NAME} has no alias 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert (
+        f"models:/{NAME}@nope: {NAME} has no alias 'nope'" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
     # a champion that cannot be scored, with no F1 from this test set: the gate refuses and says why
     empty = proj / "empty"
@@ -130,7 +197,10 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(in_pr
     client.set_registered_model_alias(NAME, "champion", broken.version)
     try:
         third = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt3", 2e-4), metrics)
-        assert not third["promoted"] and f"models:/{NAME}/{broken.version} could not be scored" in third["reason"]
+        assert (
+            not third["promoted"]
+            and f"models:/{NAME}/{broken.version} could not be scored" in third["reason"]
+        )
         assert "not from this test set" in third["reason"]
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
@@ -143,8 +213,15 @@ def _flat_rows(n: int) -> list[dict]:
         for para in article["paragraphs"]:
             for qa in para["qas"]:
                 a = qa["answers"][0] if qa["answers"] else {"text": "", "answer_start": ""}
-                rows.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
-                             "answer_text": a["text"], "answer_start": a["answer_start"]})
+                rows.append(
+                    {
+                        "id": qa["id"],
+                        "question": qa["question"],
+                        "context": para["context"],
+                        "answer_text": a["text"],
+                        "answer_start": a["answer_start"],
+                    }
+                )
     return rows[:n]
 
 
@@ -153,8 +230,17 @@ def served_model(tmp_path, tiny_model_dir) -> Path:
     """The tiny model with a recorded threshold that makes it abstain on every question."""
     folder = tmp_path / "served"
     shutil.copytree(tiny_model_dir, folder)
-    (folder / "decoding.json").write_text(json.dumps({"n_best": 20, "max_answer_length": 30, "null_threshold": 1e9,
-                                                      "max_seq_length": 128, "doc_stride": 48}))
+    (folder / "decoding.json").write_text(
+        json.dumps(
+            {
+                "n_best": 20,
+                "max_answer_length": 30,
+                "null_threshold": 1e9,
+                "max_seq_length": 128,
+                "doc_stride": 48,
+            }
+        )
+    )
     return folder
 
 
@@ -163,23 +249,32 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(tmp_path, served_model, monkeypatch, capsys):
-    rows = _flat_rows(8) + [{"id": "none-1", "question": "Which gene was sequenced?", "answer_text": "",
-                             "answer_start": "", "context": _flat_rows(1)[0]["context"]}]
+def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(
+    tmp_path, served_model, monkeypatch, capsys
+):
+    rows = [*_flat_rows(8), {"id": "none-1", "question": "Which gene was sequenced?", "answer_text": "", "answer_start": "", "context": _flat_rows(1)[0]["context"]}]
     data = _write_jsonl(tmp_path / "mine.jsonl", rows)
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--model", str(served_model), "--split", str(data)]) == 0
     out = capsys.readouterr().out
     assert "EM " in out and "95% CI" in out and "from " in out
-    (reports,) = (tmp_path / "reports").glob("eval-served-mine-*")  # a new folder, never reports/metrics.json
+    (reports,) = (tmp_path / "reports").glob(
+        "eval-served-mine-*"
+    )  # a new folder, never reports/metrics.json
     assert not (tmp_path / "reports" / "metrics.json").exists()
     metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics["null_threshold"] == 1e9 and metrics["threshold_from"] == str(served_model / "decoding.json")
+    assert metrics["null_threshold"] == 1e9 and metrics["threshold_from"] == str(
+        served_model / "decoding.json"
+    )
     unanswerable = sum(1 for r in rows if not r["answer_text"])
     assert metrics["n"] == len(rows) and metrics["f1"] == pytest.approx(unanswerable / len(rows))
-    predictions = [json.loads(line) for line in (reports / "predictions.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line) for line in (reports / "predictions.jsonl").read_text().splitlines()
+    ]
     assert [p["id"] for p in predictions] == [r["id"] for r in rows]
-    assert all(p["prediction"] == "" for p in predictions)  # the threshold was applied, not re-tuned
+    assert all(
+        p["prediction"] == "" for p in predictions
+    )  # the threshold was applied, not re-tuned
     assert json.loads((reports / "decoding.json").read_text())["max_seq_length"] == 128
     assert str(data) in (reports / "errors.md").read_text()
 
@@ -188,9 +283,12 @@ def test_default_reports_folder_names():
     from datetime import datetime
 
     now = datetime(2026, 1, 2, 3, 4, 5)
-    assert default_reports_dir("models:/medqa-amd-qa@champion", "test", now) == \
-        Path("reports/eval-medqa-amd-qa-champion-test-20260102-030405")
-    assert default_reports_dir("models:/m/3", "data/extra.jsonl", now) == Path("reports/eval-m-v3-extra-20260102-030405")
+    assert default_reports_dir("models:/medqa-amd-qa@champion", "test", now) == Path(
+        "reports/eval-medqa-amd-qa-champion-test-20260102-030405"
+    )
+    assert default_reports_dir("models:/m/3", "data/extra.jsonl", now) == Path(
+        "reports/eval-m-v3-extra-20260102-030405"
+    )
 
 
 @pytest.mark.parametrize("case", ["missing_model", "bad_row", "long_question", "no_threshold"])
@@ -201,14 +299,21 @@ def test_adhoc_errors_exit_2_with_one_line(tmp_path, served_model, tiny_model_di
         model, expected = str(tmp_path / "nope"), f"{tmp_path / 'nope'}: no such model folder"
     elif case == "bad_row":
         rows[1]["answer_start"] += 1
-        expected = f"{tmp_path / 'data.jsonl'} row 2 id='{rows[1]['id']}': answer_span_matches_context"
+        expected = (
+            f"{tmp_path / 'data.jsonl'} row 2 id='{rows[1]['id']}': answer_span_matches_context"
+        )
     elif case == "long_question":
         rows[2]["question"] = "Which " + "very " * 80 + "long question?"
         expected = f"{tmp_path / 'data.jsonl'} row 3: question has"
     else:
         model, expected = str(tiny_model_dir), "decoding.json: missing"
     data = _write_jsonl(tmp_path / "data.jsonl", rows)
-    assert main(["evaluate", "--model", model, "--split", str(data), "--reports", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            ["evaluate", "--model", model, "--split", str(data), "--reports", str(tmp_path / "out")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # before it, at most the weights' loading bar

@@ -10,7 +10,9 @@ from medqa.decoding import SpanDecision, decode_best_spans, tune_null_threshold
 from medqa.features import NO_OFFSET, build_eval_features, build_train_features
 from medqa.metrics import score_question
 
-FILLER = ("Routine review of the fellow eye showed stable drusen and no fluid on the scan today. " * 30).strip()
+FILLER = (
+    "Routine review of the fellow eye showed stable drusen and no fluid on the scan today. " * 30
+).strip()
 ANSWER = "faricimab every sixteen weeks"
 LONG_CONTEXT = f"{FILLER} The plan agreed with the patient was {ANSWER} after loading. {FILLER}"
 WINDOWS = TokenizeParams(max_seq_length=64, doc_stride=24)
@@ -18,8 +20,11 @@ WINDOWS = TokenizeParams(max_seq_length=64, doc_stride=24)
 
 def _row(context=LONG_CONTEXT, answer=ANSWER):
     start = context.index(answer)
-    return {"question": "What was the plan?", "context": context,
-            "answers": [{"text": answer, "answer_start": start}]}
+    return {
+        "question": "What was the plan?",
+        "context": context,
+        "answers": [{"text": answer, "answer_start": start}],
+    }
 
 
 def test_long_context_becomes_many_windows_and_labels_map_back(packaged_tokenizer):
@@ -32,9 +37,13 @@ def test_long_context_becomes_many_windows_and_labels_map_back(packaged_tokenize
     for i in labelled:
         offsets = evals[i]["offset_mapping"]
         s, e = feats[i]["start_positions"], feats[i]["end_positions"]
-        assert LONG_CONTEXT[offsets[s][0]:offsets[e][1]] == ANSWER
+        assert LONG_CONTEXT[offsets[s][0] : offsets[e][1]] == ANSWER
     # windows that do not contain the whole answer point at [CLS]
-    assert all(f["start_positions"] == f["end_positions"] == 0 for j, f in enumerate(feats) if j not in labelled)
+    assert all(
+        f["start_positions"] == f["end_positions"] == 0
+        for j, f in enumerate(feats)
+        if j not in labelled
+    )
     assert all(len(f["input_ids"]) <= WINDOWS.max_seq_length for f in feats)
 
 
@@ -66,9 +75,11 @@ def test_decoding_finds_the_answer_in_a_late_window_and_maps_to_characters(packa
     target = max(i for i, f in enumerate(train) if f["start_positions"] > 0)
     s, e = train[target]["start_positions"], train[target]["end_positions"]
     starts, ends = _logits_for(evals, target, s, e)
-    (decision,) = decode_best_spans(evals, starts, ends, [row["context"]], DecodeParams(n_best=5, max_answer_length=30))
+    (decision,) = decode_best_spans(
+        evals, starts, ends, [row["context"]], DecodeParams(n_best=5, max_answer_length=30)
+    )
     assert decision.best_text == ANSWER
-    assert row["context"][decision.start:decision.end] == ANSWER
+    assert row["context"][decision.start : decision.end] == ANSWER
     assert decision.margin == pytest.approx(12.0)
     assert decision.answer(threshold=0.0) == ANSWER
     assert decision.answer(threshold=20.0) == ""  # abstains above its margin
@@ -80,17 +91,25 @@ def test_max_answer_length_and_end_before_start_are_rejected(packaged_tokenizer)
     ctx_tokens = [t for t, o in enumerate(evals[0]["offset_mapping"]) if o[0] >= 0]
     s, e = ctx_tokens[0], ctx_tokens[10]
     starts, ends = _logits_for(evals, 0, s, e)
-    (d,) = decode_best_spans(evals, starts, ends, [row["context"]], DecodeParams(n_best=3, max_answer_length=5))
-    assert d.end - d.start < len(row["context"][evals[0]["offset_mapping"][s][0]:evals[0]["offset_mapping"][e][1]])
+    (d,) = decode_best_spans(
+        evals, starts, ends, [row["context"]], DecodeParams(n_best=3, max_answer_length=5)
+    )
+    assert d.end - d.start < len(
+        row["context"][evals[0]["offset_mapping"][s][0] : evals[0]["offset_mapping"][e][1]]
+    )
     starts, ends = _logits_for(evals, 0, e, s)  # end before start
-    (d2,) = decode_best_spans(evals, starts, ends, [row["context"]], DecodeParams(n_best=1, max_answer_length=30))
+    (d2,) = decode_best_spans(
+        evals, starts, ends, [row["context"]], DecodeParams(n_best=1, max_answer_length=30)
+    )
     assert d2.best_text == ""
 
 
 def test_threshold_tuning_picks_the_f1_optimal_cut():
-    decisions = [SpanDecision("zinc", 0, 4, 5.0, 1.0, 0.9),     # margin 4, correct
-                 SpanDecision("copper", 0, 6, 2.0, 1.0, 0.6),   # margin 1, unanswerable -> should abstain
-                 SpanDecision("lutein", 0, 6, 4.0, 1.0, 0.8)]   # margin 3, correct
+    decisions = [
+        SpanDecision("zinc", 0, 4, 5.0, 1.0, 0.9),  # margin 4, correct
+        SpanDecision("copper", 0, 6, 2.0, 1.0, 0.6),  # margin 1, unanswerable -> should abstain
+        SpanDecision("lutein", 0, 6, 4.0, 1.0, 0.8),
+    ]  # margin 3, correct
     golds = [["zinc"], [], ["lutein"]]
     thr, f1 = tune_null_threshold(decisions, golds, lambda p, g: score_question(p, g)[1])
     assert f1 == 1.0
@@ -109,31 +128,45 @@ def _context_tokens(feature):
     return [(t, tuple(o)) for t, o in enumerate(feature["offset_mapping"]) if o[0] >= 0]
 
 
-def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it_whole(packaged_tokenizer):
+def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it_whole(
+    packaged_tokenizer,
+):
     evals = build_eval_features(packaged_tokenizer, [_row()], WINDOWS)
     w0, w1 = _context_tokens(evals[0]), _context_tokens(evals[1])
-    after = [o for _, o in w1 if o[0] >= w0[-1][1][1]]  # the context tokens just past window 0's end
-    start_char, end_char = w0[-2][1][0], after[1][1]   # two tokens inside window 0, two past it
+    after = [
+        o for _, o in w1 if o[0] >= w0[-1][1][1]
+    ]  # the context tokens just past window 0's end
+    start_char, end_char = w0[-2][1][0], after[1][1]  # two tokens inside window 0, two past it
     answer = LONG_CONTEXT[start_char:end_char]
     row = _row(answer=answer)
-    row["answers"][0]["answer_start"] = start_char  # the text also occurs earlier: pin this occurrence
+    row["answers"][0]["answer_start"] = (
+        start_char  # the text also occurs earlier: pin this occurrence
+    )
 
     train = build_train_features(packaged_tokenizer, [row], WINDOWS)
-    assert train[0]["start_positions"] == train[0]["end_positions"] == 0  # cut in two there: no answer
+    assert (
+        train[0]["start_positions"] == train[0]["end_positions"] == 0
+    )  # cut in two there: no answer
     s, e = train[1]["start_positions"], train[1]["end_positions"]
-    assert LONG_CONTEXT[evals[1]["offset_mapping"][s][0]:evals[1]["offset_mapping"][e][1]] == answer
+    assert (
+        LONG_CONTEXT[evals[1]["offset_mapping"][s][0] : evals[1]["offset_mapping"][e][1]] == answer
+    )
 
     # window 0 points at the part of the answer it has, window 1 at the whole: the whole wins and maps back
     starts, ends = _logits_for(evals, 1, s, e)
     starts[0][w0[-2][0]], ends[0][w0[-1][0]] = 3.0, 3.0
-    (d,) = decode_best_spans(evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30))
+    (d,) = decode_best_spans(
+        evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30)
+    )
     assert (d.best_text, d.start, d.end) == (answer, start_char, end_char)
 
     # a start in window 0 and an end in window 1 are never joined into one span
     starts, ends = _logits_for(evals, 0, w0[-2][0], w0[-2][0])
     ends[0][w0[-2][0]] = -5.0
     ends[1][e] = 6.0
-    (d,) = decode_best_spans(evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30))
+    (d,) = decode_best_spans(
+        evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30)
+    )
     windows = [(f[0][1][0], f[-1][1][1]) for f in (_context_tokens(x) for x in evals)]
     assert any(lo <= d.start and d.end <= hi for lo, hi in windows)
     assert (d.start, d.end) != (start_char, end_char)

@@ -52,15 +52,25 @@ def test_split_summary_hand_computed_on_punctuation_articles_empty_several_golds
     def row(golds):
         return {"answers": [{"text": g, "answer_start": 0} for g in golds]}
 
-    rows = [row(["the AREDS2 formula"]), row(["80 mg of zinc", "zinc"]), row(["drusen"]), row([]), row([])]
-    preds = ["AREDS2 formula.",      # article and punctuation dropped: EM 1, F1 1
-             "zinc oxide",           # best gold "zinc": P 1/2, R 1 -> 2/3 (vs "80 mg of zinc": 1/3); EM 0
-             "",                     # empty prediction on an answerable question: 0, 0
-             "",                     # abstained on an unanswerable one: 1, 1
-             "geographic atrophy"]   # answered an unanswerable one: 0, 0
+    rows = [
+        row(["the AREDS2 formula"]),
+        row(["80 mg of zinc", "zinc"]),
+        row(["drusen"]),
+        row([]),
+        row([]),
+    ]
+    preds = [
+        "AREDS2 formula.",  # article and punctuation dropped: EM 1, F1 1
+        "zinc oxide",  # best gold "zinc": P 1/2, R 1 -> 2/3 (vs "80 mg of zinc": 1/3); EM 0
+        "",  # empty prediction on an answerable question: 0, 0
+        "",  # abstained on an unanswerable one: 1, 1
+        "geographic atrophy",
+    ]  # answered an unanswerable one: 0, 0
     s = summarize(preds, rows)
     assert s["n"] == 5 and s["has_ans_n"] == 3 and s["no_ans_n"] == 2
     assert s["exact"] == pytest.approx(2 / 5)
     assert s["f1"] == pytest.approx((1 + 2 / 3 + 0 + 1 + 0) / 5)
-    assert s["has_ans_exact"] == pytest.approx(1 / 3) and s["has_ans_f1"] == pytest.approx((1 + 2 / 3) / 3)
+    assert s["has_ans_exact"] == pytest.approx(1 / 3) and s["has_ans_f1"] == pytest.approx(
+        (1 + 2 / 3) / 3
+    )
     assert s["no_ans_f1"] == pytest.approx(1 / 2)

@@ -24,10 +24,28 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (AlbertConfig, BertConfig, DataCollatorWithPadding, DebertaV2Config,
-                          DistilBertConfig, ElectraConfig, ModernBertConfig, PreTrainedConfig,
-                          PreTrainedTokenizerFast, RobertaConfig, XLMRobertaConfig)
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import (
+    AlbertConfig,
+    BertConfig,
+    DataCollatorWithPadding,
+    DebertaV2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    ModernBertConfig,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
 from medqa.atomic import write_jsonl_atomic
@@ -44,11 +62,28 @@ WINDOWS = TokenizeParams(max_seq_length=128, doc_stride=32)
 DECODE = DecodeParams(n_best=20, max_answer_length=30)
 VOCAB = 2000
 STEPS, LR = 80, 4e-3  # measured: F1 1.0 on every family but DeBERTa-v2 (0.85); floor 0.25
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-BERT_SPECIALS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
-                 "mask_token": "[MASK]"}
-ROBERTA_SPECIALS = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
-                    "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+BERT_SPECIALS = {
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "mask_token": "[MASK]",
+}
+ROBERTA_SPECIALS = {
+    "bos_token": "<s>",
+    "cls_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
 WITH_TYPES = ["input_ids", "token_type_ids", "attention_mask"]
 NO_TYPES = ["input_ids", "attention_mask"]
 
@@ -56,14 +91,20 @@ NO_TYPES = ["input_ids", "attention_mask"]
 def shipped_texts() -> list[str]:
     """Every passage and question of the shipped training split: the tokenizers' training text."""
     doc = json.loads((SHIPPED / "train.json").read_text(encoding="utf-8"))
-    return [text for a in doc["data"] for p in a["paragraphs"]
-            for text in [p["context"], *(q["question"] for q in p["qas"])]]
+    return [
+        text
+        for a in doc["data"]
+        for p in a["paragraphs"]
+        for text in [p["context"], *(q["question"] for q in p["qas"])]
+    ]
 
 
 def qa_rows(answerable: int = 6, unanswerable: int = 2) -> list[dict[str, Any]]:
     """Validated-style rows from the shortest shipped training passages, one question each."""
     doc = json.loads((SHIPPED / "train.json").read_text(encoding="utf-8"))
-    paragraphs = sorted((p for a in doc["data"] for p in a["paragraphs"]), key=lambda p: len(p["context"]))
+    paragraphs = sorted(
+        (p for a in doc["data"] for p in a["paragraphs"]), key=lambda p: len(p["context"])
+    )
     rows: list[dict[str, Any]] = []
     want = {True: answerable, False: unanswerable}
     for p in paragraphs:
@@ -71,14 +112,21 @@ def qa_rows(answerable: int = 6, unanswerable: int = 2) -> list[dict[str, Any]]:
             has_answer = bool(q["answers"]) and not q.get("is_impossible")
             if want[has_answer]:
                 want[has_answer] -= 1
-                rows.append({"id": q["id"], "question": q["question"], "context": p["context"],
-                             "answers": q["answers"][:1] if has_answer else []})
+                rows.append(
+                    {
+                        "id": q["id"],
+                        "question": q["question"],
+                        "context": p["context"],
+                        "answers": q["answers"][:1] if has_answer else [],
+                    }
+                )
                 break
     assert not any(want.values())
     return rows
 
 
 # --- tokenizers, trained on the shipped passages the way each family's original was built ---
+
 
 def trained_once(build: Callable[..., Tokenizer]) -> Callable[..., Tokenizer]:
     """``build`` run once per argument set (training is the slow part); each call gets a fresh copy,
@@ -100,7 +148,9 @@ def stable_ids(tok: Tokenizer, n_special: int) -> Tokenizer:
     model = spec["model"]
     if model["type"] == "WordPiece":
         tokens = sorted(model["vocab"], key=model["vocab"].get)
-        model["vocab"] = {t: i for i, t in enumerate(tokens[:n_special] + sorted(tokens[n_special:]))}
+        model["vocab"] = {
+            t: i for i, t in enumerate(tokens[:n_special] + sorted(tokens[n_special:]))
+        }
     else:
         pieces = [(p, round(score, 6)) for p, score in model["vocab"][n_special:]]
         lowest_word, lowest = min(s for p, s in pieces if len(p) > 1), min(s for _, s in pieces)
@@ -112,8 +162,9 @@ def stable_ids(tok: Tokenizer, n_special: int) -> Tokenizer:
 def bert_pairs(tok: Tokenizer, cls: str, sep: str) -> processors.TemplateProcessing:
     """[CLS] question [SEP] context [SEP], the context with token type 1."""
     ids = [(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))]
-    return processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-                                         special_tokens=ids)
+    return processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1", special_tokens=ids
+    )
 
 
 @trained_once
@@ -124,8 +175,9 @@ def wordpiece(lowercase: bool) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(shipped_texts(), trainers.WordPieceTrainer(vocab_size=VOCAB,
-                                                                       special_tokens=specials))
+    tok.train_from_iterator(
+        shipped_texts(), trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=specials)
+    )
     tok = stable_ids(tok, len(specials))
     tok.post_processor = bert_pairs(tok, "[CLS]", "[SEP]")
     return tok
@@ -134,19 +186,32 @@ def wordpiece(lowercase: bool) -> Tokenizer:
 @trained_once
 def byte_level_bpe(roberta: bool) -> Tokenizer:
     """RoBERTa's (offsets trimmed by its post-processor) or ModernBERT's (offsets keep the space)."""
-    specials = (["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if roberta
-                else ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"])
+    specials = (
+        ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        if roberta
+        else ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(shipped_texts(), trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        shipped_texts(),
+        trainers.BpeTrainer(
+            vocab_size=VOCAB,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     if roberta:
-        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", 2), ("<s>", 0), trim_offsets=True
+        )
     else:
         tok.post_processor = processors.TemplateProcessing(  # ModernBERT has no token types
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-            special_tokens=[("[CLS]", 0), ("[SEP]", 2)])
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", 0), ("[SEP]", 2)],
+        )
     return tok
 
 
@@ -159,13 +224,17 @@ def unigram(specials: tuple[str, ...], lowercase: bool, roberta_pairs: bool) -> 
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     unk = next(s for s in specials if "unk" in s.lower())
-    tok.train_from_iterator(shipped_texts(), trainers.UnigramTrainer(
-        vocab_size=VOCAB, special_tokens=list(specials), unk_token=unk))
+    tok.train_from_iterator(
+        shipped_texts(),
+        trainers.UnigramTrainer(vocab_size=VOCAB, special_tokens=list(specials), unk_token=unk),
+    )
     tok = stable_ids(tok, len(specials))
     if roberta_pairs:
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-            special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+            single="<s> $A </s>",
+            pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+        )
     else:
         tok.post_processor = bert_pairs(tok, "[CLS]", "[SEP]")
     return tok
@@ -173,15 +242,24 @@ def unigram(specials: tuple[str, ...], lowercase: bool, roberta_pairs: bool) -> 
 
 # --- the families ---
 
+
 def _common(t: PreTrainedTokenizerFast) -> dict[str, Any]:
-    return {"vocab_size": len(t), "pad_token_id": t.pad_token_id,
-            "max_position_embeddings": WINDOWS.max_seq_length}
+    return {
+        "vocab_size": len(t),
+        "pad_token_id": t.pad_token_id,
+        "max_position_embeddings": WINDOWS.max_seq_length,
+    }
 
 
 def _roberta_style(t: PreTrainedTokenizerFast) -> dict[str, Any]:
     """Positions start after the padding index: pad_token_id + 1 more rows than the longest window."""
-    return {**_common(t), "max_position_embeddings": WINDOWS.max_seq_length + t.pad_token_id + 1,
-            "type_vocab_size": 1, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id}
+    return {
+        **_common(t),
+        "max_position_embeddings": WINDOWS.max_seq_length + t.pad_token_id + 1,
+        "type_vocab_size": 1,
+        "bos_token_id": t.bos_token_id,
+        "eos_token_id": t.eos_token_id,
+    }
 
 
 @dataclass(frozen=True)
@@ -198,44 +276,98 @@ class Family:
 
 
 FAMILIES = {
-    "bert-uncased": Family(lambda: wordpiece(True), BERT_SPECIALS, WITH_TYPES,
-                           lambda t: BertConfig(**_common(t), **TINY), spaced_offsets=False),
-    "bert-cased": Family(lambda: wordpiece(False), BERT_SPECIALS, WITH_TYPES,
-                         lambda t: BertConfig(**_common(t), **TINY), spaced_offsets=False),
+    "bert-uncased": Family(
+        lambda: wordpiece(True),
+        BERT_SPECIALS,
+        WITH_TYPES,
+        lambda t: BertConfig(**_common(t), **TINY),
+        spaced_offsets=False,
+    ),
+    "bert-cased": Family(
+        lambda: wordpiece(False),
+        BERT_SPECIALS,
+        WITH_TYPES,
+        lambda t: BertConfig(**_common(t), **TINY),
+        spaced_offsets=False,
+    ),
     # trim_offsets spares the first context token of every overflow window
-    "roberta": Family(lambda: byte_level_bpe(True), ROBERTA_SPECIALS, NO_TYPES,
-                      lambda t: RobertaConfig(**_roberta_style(t), **TINY), spaced_offsets=True),
-    "distilbert": Family(lambda: wordpiece(True), BERT_SPECIALS, NO_TYPES,
-                         lambda t: DistilBertConfig(**_common(t), dim=32, n_layers=2, n_heads=2,
-                                                    hidden_dim=64),
-                         spaced_offsets=False),
-    "electra": Family(lambda: wordpiece(True), BERT_SPECIALS, WITH_TYPES,
-                      lambda t: ElectraConfig(**_common(t), **TINY, embedding_size=16), spaced_offsets=False),
-    "albert": Family(lambda: unigram(("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"), True, False),
-                     BERT_SPECIALS | {"pad_token": "<pad>", "unk_token": "<unk>"}, WITH_TYPES,
-                     lambda t: AlbertConfig(**_common(t), **TINY, embedding_size=16),
-                     spaced_offsets=True, shared_layers=True),
-    "xlm-roberta": Family(lambda: unigram(("<s>", "<pad>", "</s>", "<unk>", "<mask>"), False, True),
-                          ROBERTA_SPECIALS, NO_TYPES, lambda t: XLMRobertaConfig(**_roberta_style(t), **TINY),
-                          spaced_offsets=True),
-    "modernbert": Family(lambda: byte_level_bpe(False), BERT_SPECIALS, NO_TYPES,
-                         lambda t: ModernBertConfig(**_common(t), **TINY, cls_token_id=t.cls_token_id,
-                                                    sep_token_id=t.sep_token_id, bos_token_id=t.cls_token_id,
-                                                    eos_token_id=t.sep_token_id),
-                         spaced_offsets=True),
-    "deberta-v2": Family(lambda: unigram(("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"), False, False),
-                         BERT_SPECIALS, WITH_TYPES,
-                         lambda t: DebertaV2Config(**_common(t), **TINY, relative_attention=True,
-                                                   position_buckets=32, pos_att_type=["p2c", "c2p"],
-                                                   position_biased_input=False, type_vocab_size=0),
-                         spaced_offsets=True, attention="eager"),
+    "roberta": Family(
+        lambda: byte_level_bpe(True),
+        ROBERTA_SPECIALS,
+        NO_TYPES,
+        lambda t: RobertaConfig(**_roberta_style(t), **TINY),
+        spaced_offsets=True,
+    ),
+    "distilbert": Family(
+        lambda: wordpiece(True),
+        BERT_SPECIALS,
+        NO_TYPES,
+        lambda t: DistilBertConfig(**_common(t), dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+        spaced_offsets=False,
+    ),
+    "electra": Family(
+        lambda: wordpiece(True),
+        BERT_SPECIALS,
+        WITH_TYPES,
+        lambda t: ElectraConfig(**_common(t), **TINY, embedding_size=16),
+        spaced_offsets=False,
+    ),
+    "albert": Family(
+        lambda: unigram(("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"), True, False),
+        BERT_SPECIALS | {"pad_token": "<pad>", "unk_token": "<unk>"},
+        WITH_TYPES,
+        lambda t: AlbertConfig(**_common(t), **TINY, embedding_size=16),
+        spaced_offsets=True,
+        shared_layers=True,
+    ),
+    "xlm-roberta": Family(
+        lambda: unigram(("<s>", "<pad>", "</s>", "<unk>", "<mask>"), False, True),
+        ROBERTA_SPECIALS,
+        NO_TYPES,
+        lambda t: XLMRobertaConfig(**_roberta_style(t), **TINY),
+        spaced_offsets=True,
+    ),
+    "modernbert": Family(
+        lambda: byte_level_bpe(False),
+        BERT_SPECIALS,
+        NO_TYPES,
+        lambda t: ModernBertConfig(
+            **_common(t),
+            **TINY,
+            cls_token_id=t.cls_token_id,
+            sep_token_id=t.sep_token_id,
+            bos_token_id=t.cls_token_id,
+            eos_token_id=t.sep_token_id,
+        ),
+        spaced_offsets=True,
+    ),
+    "deberta-v2": Family(
+        lambda: unigram(("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"), False, False),
+        BERT_SPECIALS,
+        WITH_TYPES,
+        lambda t: DebertaV2Config(
+            **_common(t),
+            **TINY,
+            relative_attention=True,
+            position_buckets=32,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            type_vocab_size=0,
+        ),
+        spaced_offsets=True,
+        attention="eager",
+    ),
 }
 
 
 def save_tiny_checkpoint(family: Family, out: Path) -> Path:
     """A fast tokenizer plus a randomly initialised QA model of ``family``, saved like a hub checkpoint."""
-    tok = PreTrainedTokenizerFast(tokenizer_object=family.tokenizer(), model_input_names=family.input_names,
-                                  model_max_length=WINDOWS.max_seq_length, **family.specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=family.tokenizer(),
+        model_input_names=family.input_names,
+        model_max_length=WINDOWS.max_seq_length,
+        **family.specials,
+    )
     config = family.config(tok)
     torch.manual_seed(0)
     MODEL_FOR_QUESTION_ANSWERING_MAPPING[type(config)](config).save_pretrained(out)
@@ -245,8 +377,10 @@ def save_tiny_checkpoint(family: Family, out: Path) -> Path:
 
 # --- the checks ---
 
-def assert_labels_cover_gold(train: list[dict[str, Any]], evals: list[dict[str, Any]],
-                             rows: list[dict[str, Any]]) -> None:
+
+def assert_labels_cover_gold(
+    train: list[dict[str, Any]], evals: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> None:
     """Each labelled window's span covers the gold text, give or take whitespace and the rest of a
     word the tokenizer did not split at the answer's edge; every answerable row is labelled."""
     labelled = set()
@@ -265,11 +399,17 @@ def assert_labels_cover_gold(train: list[dict[str, Any]], evals: list[dict[str, 
     assert labelled == {i for i, r in enumerate(rows) if r["answers"]}
 
 
-def overfit(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, features: list[dict[str, Any]],
-            decay: float) -> float:
+def overfit(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    features: list[dict[str, Any]],
+    decay: float,
+) -> float:
     """A short full-batch fit on the training windows; returns the last loss. Dropout stays off so
     the few steps are deterministic and enough to memorise a handful of questions."""
-    params = TrainParams(learning_rate=LR, head_learning_rate=LR, weight_decay=0.0, layer_lr_decay=decay)
+    params = TrainParams(
+        learning_rate=LR, head_learning_rate=LR, weight_decay=0.0, layer_lr_decay=decay
+    )
     optimizer = build_optimizer(model, params)
     batch = DataCollatorWithPadding(tokenizer)(features)
     model.eval()
@@ -318,8 +458,12 @@ def test_family_end_to_end(name, rows, tmp_path):
     train = load_from_disk(str(tmp_path / "features" / "train")).to_list()
     evals = load_from_disk(str(tmp_path / "features" / "dev")).to_list()
     assert len(train) == len(evals) > len(rows)  # the contexts became several windows each
-    token_texts = [rows[f["example_index"]]["context"][s:e]
-                   for f in evals for s, e in f["offset_mapping"] if s >= 0]
+    token_texts = [
+        rows[f["example_index"]]["context"][s:e]
+        for f in evals
+        for s, e in f["offset_mapping"]
+        if s >= 0
+    ]
     assert family.spaced_offsets == any(t[:1].isspace() and t.strip() for t in token_texts)
     assert_labels_cover_gold(train, evals, rows)
 
@@ -328,7 +472,9 @@ def test_family_end_to_end(name, rows, tmp_path):
     starts, ends = predict_logits(model, evals, 64, tokenizer.pad_token_id)
     decisions = decode_best_spans(evals, starts, ends, contexts, DECODE)
     for d, context in zip(decisions, contexts):
-        assert d.best_text == context[d.start:d.end] and d.best_text == d.best_text.strip(), repr(d.best_text)
+        assert d.best_text == context[d.start : d.end] and d.best_text == d.best_text.strip(), repr(
+            d.best_text
+        )
     golds = [[a["text"] for a in r["answers"]] for r in rows]
     threshold, f1 = tune_null_threshold(decisions, golds, lambda p, g: score_question(p, g)[1])
     floor = abstain_floor(rows)
@@ -338,13 +484,23 @@ def test_family_end_to_end(name, rows, tmp_path):
 
     # the saved model answers the same through the predictor (its own loading, windows and threshold)
     model.save_pretrained(folder)
-    (folder / DECODING_FILE).write_text(json.dumps({
-        "max_seq_length": WINDOWS.max_seq_length, "doc_stride": WINDOWS.doc_stride, "n_best": DECODE.n_best,
-        "max_answer_length": DECODE.max_answer_length, "null_threshold": threshold}))
+    (folder / DECODING_FILE).write_text(
+        json.dumps(
+            {
+                "max_seq_length": WINDOWS.max_seq_length,
+                "doc_stride": WINDOWS.doc_stride,
+                "n_best": DECODE.n_best,
+                "max_answer_length": DECODE.max_answer_length,
+                "null_threshold": threshold,
+            }
+        )
+    )
     records = [{"question": r["question"], "context": r["context"]} for r in rows]
     predicted = QAPredictor(folder, device="cpu").predict(records)
     assert [p["answer"] for p in predicted] == [d.answer(threshold) for d in decisions]
-    assert all(p["answer"] == c[p["start"]:p["end"]] for p, c in zip(predicted, contexts) if p["answer"])
+    assert all(
+        p["answer"] == c[p["start"] : p["end"]] for p, c in zip(predicted, contexts) if p["answer"]
+    )
 
 
 def test_decoded_answer_has_no_leading_space_with_spaced_offsets(rows, tmp_path):
@@ -363,4 +519,4 @@ def test_decoded_answer_has_no_leading_space_with_spaced_offsets(rows, tmp_path)
     assert row["context"][offsets[inside[0]][0]].isspace()  # what the decoder used to return as is
     starts[0][inside[0]] = ends[0][inside[-1]] = 9.0
     (decision,) = decode_best_spans(features, starts, ends, [row["context"]], DECODE)
-    assert decision.best_text == gold["text"] == row["context"][decision.start:decision.end]
+    assert decision.best_text == gold["text"] == row["context"][decision.start : decision.end]

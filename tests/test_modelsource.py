@@ -11,16 +11,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, DebertaV2Config, DebertaV2ForQuestionAnswering, ModernBertConfig,
-                          RobertaConfig, XLMRobertaConfig)
+from transformers import (
+    BertConfig,
+    DebertaV2Config,
+    DebertaV2ForQuestionAnswering,
+    ModernBertConfig,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
 
 from medqa.config import TokenizeParams
 from medqa.errors import ConfigError, ModelError
 from medqa.features import check_window_fits, tokenize_splits
-from medqa.modelsource import (TOKENIZER_FILES, load_qa_model, load_tokenizer, resolve_model_source,
-                               usable_positions)
+from medqa.modelsource import (
+    TOKENIZER_FILES,
+    load_qa_model,
+    load_tokenizer,
+    resolve_model_source,
+    usable_positions,
+)
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 
 def copy_model(src: Path, dest: Path, *, tokenizer: bool = True) -> Path:
@@ -38,15 +54,23 @@ def tiny_deberta_dir(tmp_path_factory, packaged_tokenizer) -> Path:
     """A 2-layer DeBERTa-v2 QA model (relative attention, eager only) with the packaged vocabulary."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-deberta")
-    config = DebertaV2Config(vocab_size=len(packaged_tokenizer), **TINY, max_position_embeddings=128,
-                             relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
-                             position_biased_input=False, type_vocab_size=0)
+    config = DebertaV2Config(
+        vocab_size=len(packaged_tokenizer),
+        **TINY,
+        max_position_embeddings=128,
+        relative_attention=True,
+        position_buckets=32,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        type_vocab_size=0,
+    )
     DebertaV2ForQuestionAnswering(config).save_pretrained(out)
     packaged_tokenizer.save_pretrained(out)
     return out
 
 
 # --- 1. attention implementation per architecture ---
+
 
 def test_attention_is_sdpa_where_supported_and_eager_for_deberta(tiny_model_dir, tiny_deberta_dir):
     assert load_qa_model(str(tiny_model_dir)).config._attn_implementation == "sdpa"
@@ -65,8 +89,11 @@ def test_architecture_without_a_qa_model_is_named(tmp_path, tiny_model_dir):
 
 # --- 2. path-like names are folders, never hub names ---
 
-@pytest.mark.parametrize("name", ["models/mybase", "./mybase", "../mybase", "~/no-such-medqa-model",
-                                  "a/b/c", "/no/such/folder"])
+
+@pytest.mark.parametrize(
+    "name",
+    ["models/mybase", "./mybase", "../mybase", "~/no-such-medqa-model", "a/b/c", "/no/such/folder"],
+)
 def test_missing_path_like_name_is_a_missing_folder_at_once(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
@@ -87,20 +114,32 @@ def test_hub_style_names_stay_hub_names(tmp_path, monkeypatch):
 def test_existing_relative_folder_resolves(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.chdir(tmp_path)
     copy_model(tiny_model_dir, tmp_path / "models" / "mybase")
-    assert Path(resolve_model_source("models/mybase")).resolve() == (tmp_path / "models" / "mybase").resolve()
+    assert (
+        Path(resolve_model_source("models/mybase")).resolve()
+        == (tmp_path / "models" / "mybase").resolve()
+    )
     assert load_qa_model("models/mybase").config.model_type == "bert"
 
 
 # --- 3. weight and tokenizer files ---
+
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
 def test_broken_safetensors_is_one_line_naming_the_file(damage, tmp_path, tiny_model_dir):
     folder = copy_model(tiny_model_dir, tmp_path / "m")
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes({"truncated": data[: len(data) // 2], "random": torch.randint(0, 256, (4096,),
-                         generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes(),
-                         "empty": b""}[damage])
+    weights.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "random": torch.randint(
+                0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+            )
+            .numpy()
+            .tobytes(),
+            "empty": b"",
+        }[damage]
+    )
     with pytest.raises(ModelError) as err:
         load_qa_model(str(folder))
     message = str(err.value)
@@ -117,9 +156,15 @@ def test_slow_only_tokenizer_says_how_to_fix_it(tmp_path, tiny_model_dir):
     folder = copy_model(tiny_model_dir, tmp_path / "m", tokenizer=False)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "retina"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({  # a family transformers has no fast class for
-        "tokenizer_class": "BertJapaneseTokenizer", "word_tokenizer_type": "basic",
-        "subword_tokenizer_type": "wordpiece"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {  # a family transformers has no fast class for
+                "tokenizer_class": "BertJapaneseTokenizer",
+                "word_tokenizer_type": "basic",
+                "subword_tokenizer_type": "wordpiece",
+            }
+        )
+    )
     with pytest.raises(ModelError, match="BertJapaneseTokenizer is a slow .*tokenizer.json"):
         load_tokenizer(str(folder))
 
@@ -128,24 +173,33 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_model_dir
     folder = copy_model(tiny_model_dir, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
-    with pytest.raises(ModelError, match="tokenizer has 30522 tokens but the model's embedding has 1000"):
+    with pytest.raises(
+        ModelError, match="tokenizer has 30522 tokens but the model's embedding has 1000"
+    ):
         load_tokenizer(str(folder))
 
 
 # --- 5. windows within the model's positions ---
 
-@pytest.mark.parametrize("config, usable", [
-    (BertConfig(max_position_embeddings=512), 512),
-    (RobertaConfig(max_position_embeddings=514, pad_token_id=1), 512),
-    (XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1), 512),
-    (DebertaV2Config(max_position_embeddings=512), 512),
-    (ModernBertConfig(max_position_embeddings=8192), 8192),
-])
+
+@pytest.mark.parametrize(
+    "config, usable",
+    [
+        (BertConfig(max_position_embeddings=512), 512),
+        (RobertaConfig(max_position_embeddings=514, pad_token_id=1), 512),
+        (XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1), 512),
+        (DebertaV2Config(max_position_embeddings=512), 512),
+        (ModernBertConfig(max_position_embeddings=8192), 8192),
+    ],
+)
 def test_usable_positions(config, usable):
     assert usable_positions(config) == usable
     check_window_fits(config, usable, "m")
-    with pytest.raises(ConfigError, match=f"tokenize.max_seq_length {usable + 1} .* {usable} tokens "
-                                          f"\\(max_position_embeddings {config.max_position_embeddings}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"tokenize.max_seq_length {usable + 1} .* {usable} tokens "
+        f"\\(max_position_embeddings {config.max_position_embeddings}",
+    ):
         check_window_fits(config, usable + 1, "m")
 
 
@@ -161,6 +215,7 @@ def test_tokenize_refuses_windows_past_the_models_positions(tmp_path, tiny_model
 
 
 # --- 8. hub names from the local Hugging Face cache, offline ---
+
 
 def test_hub_name_loads_from_the_local_cache_offline(tmp_path, monkeypatch, tiny_deberta_dir):
     """A hub-layout cache (models--org--name/snapshots/<hash>, refs/main) answers ``org/name`` with

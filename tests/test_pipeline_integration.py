@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_project
 import yaml
+
+from conftest import make_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -26,8 +27,13 @@ def project(tmp_path, tiny_model_dir):
     """A throwaway copy of the project wired to the tiny model and data, and its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     return make_tiny_project(tmp_path / "proj", tiny_model_dir, env), env
 
 
@@ -47,7 +53,9 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     curve = json.loads((proj / "reports" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve] == [1, 2]
     assert all(r["train_loss"] > 0 and 0 <= r["dev_f1"] <= 1 for r in curve)  # NaN fails both
-    assert curve[-1]["dev_f1"] == metrics["dev_f1"]  # the last point is the evaluate stage's dev pass
+    assert (
+        curve[-1]["dev_f1"] == metrics["dev_f1"]
+    )  # the last point is the evaluate stage's dev pass
     assert (proj / "models" / "checkpoint" / "model.safetensors").exists()
 
     summary = sh([sys.executable, "-m", "medqa.summary"], proj, env)
@@ -66,7 +74,9 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     for upstream in ("validate", "tokenize", "train"):
         assert f"Running stage '{upstream}'" not in partial
     reg2 = json.loads((proj / "reports" / "registration.json").read_text())
-    assert reg2["version"] == "1" and reg2["promoted"] and not reg2["new_version"]  # same checkpoint
+    assert (
+        reg2["version"] == "1" and reg2["promoted"] and not reg2["new_version"]
+    )  # same checkpoint
 
     # a gate-only change reruns register alone and re-decides the alias: no new version
     params["register"]["min_f1"] = 0.0001
@@ -90,11 +100,28 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
 
     # a fresh process looks the champion up in the registry by alias
     context = "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after loading."
-    res = subprocess.run([sys.executable, "-m", "medqa", "predict", "--model", "models:/tiny-qa@champion", "--json",
-                          "--question", "How far can dosing be extended?", "--context", context],
-                         cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medqa",
+            "predict",
+            "--model",
+            "models:/tiny-qa@champion",
+            "--json",
+            "--question",
+            "How far can dosing be extended?",
+            "--context",
+            context,
+        ],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(result) == {"answer", "score", "start", "end", "abstained"}
     if not result["abstained"]:
-        assert context[result["start"]:result["end"]] == result["answer"]
+        assert context[result["start"] : result["end"]] == result["answer"]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+
 from conftest import make_tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,9 @@ def prefect_harness(prefect_env: dict[str, str]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_env: dict[str, str]) -> Path:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_env: dict[str, str]
+) -> Path:
     """One project shared by this file's tests, so later tests find it reproduced and cached."""
     return make_tiny_project(tmp_path_factory.mktemp("flow") / "proj", tiny_model_dir)
 
@@ -74,25 +77,36 @@ def task_runs(flow_run_id: str) -> dict[str, int]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
 
 
 def artifact_markdown(flow_run_id: str) -> str:
     """The pipeline's markdown artifact of one flow run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
     from pipeline.flows import ARTIFACT_KEY
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),
+            )
+        )
     (artifact,) = found
     return str(artifact.data)
 
 
-def test_flow_runs_each_stage_once_then_dvc_caches_and_a_param_reruns_only_its_stages(project, prefect_harness):
+def test_flow_runs_each_stage_once_then_dvc_caches_and_a_param_reruns_only_its_stages(
+    project, prefect_harness
+):
     checkpoint = project / "models" / "checkpoint" / "model.safetensors"
 
     state, run_id = run_flow(project_dir=str(project), retries=0)
@@ -112,12 +126,19 @@ def test_flow_runs_each_stage_once_then_dvc_caches_and_a_param_reruns_only_its_s
 
     # an evaluation parameter, set as `dvc exp run -S` would, reruns evaluate and register only
     state, _ = run_flow(project_dir=str(project), retries=0, overrides={"evaluate.batch_size": 16})
-    assert state.result() == {"validate": "cached", "tokenize": "cached", "train": "cached",
-                              "evaluate": "ran", "register": "ran"}
+    assert state.result() == {
+        "validate": "cached",
+        "tokenize": "cached",
+        "train": "cached",
+        "evaluate": "ran",
+        "register": "ran",
+    }
     assert yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["batch_size"] == 16
     assert checkpoint.stat().st_mtime_ns == trained_at
     registration = json.loads((project / "reports" / "registration.json").read_text())
-    assert registration["version"] == "1" and not registration["new_version"]  # same checkpoint: no copy
+    assert (
+        registration["version"] == "1" and not registration["new_version"]
+    )  # same checkpoint: no copy
 
 
 def test_an_unknown_override_key_fails_before_anything_runs(project, prefect_harness):
@@ -144,7 +165,6 @@ def test_a_locked_dvc_repo_is_retried_with_backoff(project, prefect_harness):
 def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, prefect_harness):
     from dvc.lock import Lock
     from dvc.repo import Repo
-
     from pipeline.flows import PIPELINE_LOCK_FILE
 
     with Repo(str(project)) as repo:
@@ -153,7 +173,10 @@ def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, p
     try:
         state, run_id = run_flow(project_dir=str(project), lock_timeout_s=0)
         assert state.is_failed()
-        assert "another medqa pipeline run holds" in state.message and "lock_timeout_s" in state.message
+        assert (
+            "another medqa pipeline run holds" in state.message
+            and "lock_timeout_s" in state.message
+        )
         assert task_runs(run_id) == {}
     finally:
         threading.Timer(2.0, held.unlock).start()
@@ -164,7 +187,9 @@ def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, p
     assert state.result() == dict.fromkeys(STAGES, "cached")
 
 
-def test_bad_data_fails_the_flow_with_the_stage_message_without_retry(tmp_path, tiny_model_dir, prefect_harness):
+def test_bad_data_fails_the_flow_with_the_stage_message_without_retry(
+    tmp_path, tiny_model_dir, prefect_harness
+):
     proj = make_tiny_project(tmp_path / "proj", tiny_model_dir)
     (proj / "data" / "raw" / "amd_qa" / "train.json").write_text("{ not json", encoding="utf-8")
 
@@ -208,20 +233,49 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
             proc.wait(10)
 
 
-def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(project, prefect_env, tmp_path):
+def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
+    project, prefect_env, tmp_path
+):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = dict(prefect_env, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api)
     server_log = (tmp_path / "server.log").open("wb")
     serve_log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 120, "the server's /api/health")
-        serve = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--cron", "30 1 * * 1", "--name", "test",
-                                  "--project-dir", str(project), "--retries", "0"],
-                                 cwd=ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(
+            lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200,
+            120,
+            "the server's /api/health",
+        )
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serve",
+                "--cron",
+                "30 1 * * 1",
+                "--name",
+                "test",
+                "--project-dir",
+                str(project),
+                "--retries",
+                "0",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
+
             def deployment() -> dict | None:
                 found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
                 return found[0] if found else None
@@ -230,17 +284,29 @@ def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(project
             assert dep["name"] == "test" and dep["parameters"]["project_dir"] == str(project)
             assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["30 1 * * 1"]
 
-            run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10).json()
+            run = httpx.post(
+                f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10
+            ).json()
 
             def finished() -> dict | None:
                 fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
-                return fr if fr["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+                return (
+                    fr
+                    if fr["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                    else None
+                )
 
             done = wait_for(finished, 300, "the triggered flow run")
-            assert done["state_type"] == "COMPLETED", (serve_log.flush(), (tmp_path / "serve.log").read_text()[-3000:])
+            assert done["state_type"] == "COMPLETED", (
+                serve_log.flush(),
+                (tmp_path / "serve.log").read_text()[-3000:],
+            )
             print(f"served flow run: {done['total_run_time']:.1f} s")
-            artifacts = httpx.post(f"{api}/artifacts/filter", timeout=10,
-                                   json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            artifacts = httpx.post(
+                f"{api}/artifacts/filter",
+                timeout=10,
+                json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+            ).json()
             assert len(artifacts) == 1 and "| register |" in artifacts[0]["data"]
         finally:
             stop(serve)  # before the server: serve pauses its deployment on the way out

@@ -51,7 +51,10 @@ def test_gate_refuses_below_threshold_and_below_champion(client, tmp_path):
     v3 = new_version(client, "m", 0.45, tmp_path)
     d3 = decide(client, v3, 0.45)
     assert not d3["promoted"] and f"champion v{v1}" in d3["reason"]
-    assert d3["previous_champion_f1"] == 0.5 and "recorded F1 on the same test set" in d3["previous_champion_f1_from"]
+    assert (
+        d3["previous_champion_f1"] == 0.5
+        and "recorded F1 on the same test set" in d3["previous_champion_f1_from"]
+    )
     assert current_champion(client, "m")[0] == v1
     v4 = new_version(client, "m", 0.5, tmp_path)  # a tie is "not below": promoted
     assert decide(client, v4, 0.5)["promoted"]
@@ -81,7 +84,11 @@ def test_a_champion_from_another_test_set_is_not_compared_by_its_recorded_f1(cli
     client.set_registered_model_alias("m", "champion", v1)
     v2 = new_version(client, "m", 0.5, tmp_path)
     d = decide(client, v2, 0.5)
-    assert not d["promoted"] and "not from this test set" in d["reason"] and "medqa promote" in d["reason"]
+    assert (
+        not d["promoted"]
+        and "not from this test set" in d["reason"]
+        and "medqa promote" in d["reason"]
+    )
     assert current_champion(client, "m")[0] == v1
 
 
@@ -89,4 +96,8 @@ def test_the_current_champion_is_re_decided_not_re_promoted(client, tmp_path):
     v1 = new_version(client, "m", 0.5, tmp_path)
     decide(client, v1, 0.5)
     again = decide(client, v1, 0.5, min_f1=0.9)
-    assert again["promoted"] and "already @champion" in again["reason"] and "would not pass" in again["reason"]
+    assert (
+        again["promoted"]
+        and "already @champion" in again["reason"]
+        and "would not pass" in again["reason"]
+    )

@@ -27,27 +27,43 @@ from medqa.predictor import MAX_CONTEXT_CHARS, QAPredictor
 from medqa.registry import HISTORY_TAG, register_model
 
 NAME = "tiny-qa"
-CONTEXT = ("Aflibercept 8 mg can be extended to intervals of up to 16 weeks after three monthly loading doses. "
-           "Geographic atrophy is treated with pegcetacoplan or avacincaptad pegol injections.")
+CONTEXT = (
+    "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after three monthly loading doses. "
+    "Geographic atrophy is treated with pegcetacoplan or avacincaptad pegol injections."
+)
 RECORDS = [
     {"id": "q1", "question": "How far can dosing be extended?", "context": CONTEXT},
     {"id": "q2", "question": "What treats geographic atrophy?", "context": CONTEXT},
     {"question": "How many loading doses?", "context": CONTEXT},
 ]
-DECODING = {"n_best": 20, "max_answer_length": 30, "null_threshold": -1e9, "max_seq_length": 128, "doc_stride": 48}
+DECODING = {
+    "n_best": 20,
+    "max_answer_length": 30,
+    "null_threshold": -1e9,
+    "max_seq_length": 128,
+    "doc_stride": 48,
+}
 
 
 def _clean_env() -> dict[str, str]:
     """The environment without MLflow settings, so every process finds the registry under ./mlruns."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"HF_HUB_OFFLINE": "1"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "HF_HUB_OFFLINE": "1"
+    }
 
 
 # The gate scores the champion on these rows: a model that never abstains (null_threshold -1e9 above)
 # answers "zinc" to both, right on the first and wrong on the unanswerable second: F1 0.5 for any of
 # the fixture's checkpoints, so the claimed F1s .5/.6/.4 make v2 champion and leave v3 below it.
-GATE_ROWS = [{"id": "g1", "question": "Which mineral?", "context": "zinc",
-              "answers": [{"text": "zinc", "answer_start": 0}]},
-             {"id": "g2", "question": "What dose?", "context": "zinc", "answers": []}]
+GATE_ROWS = [
+    {
+        "id": "g1",
+        "question": "Which mineral?",
+        "context": "zinc",
+        "answers": [{"text": "zinc", "answer_start": 0}],
+    },
+    {"id": "g2", "question": "What dose?", "context": "zinc", "answers": []},
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +80,9 @@ def project(tmp_path_factory, tiny_model_dir):
         for i, f1 in enumerate((0.5, 0.6, 0.4), start=1):
             ckpt = proj / f"ckpt{i}"
             shutil.copytree(tiny_model_dir, ckpt)
-            tensors = load_file(ckpt / "model.safetensors")  # three checkpoints, not one registered thrice
+            tensors = load_file(
+                ckpt / "model.safetensors"
+            )  # three checkpoints, not one registered thrice
             tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + 1e-4 * i
             save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
             from medqa.tracking import configure_tracking
@@ -72,18 +90,50 @@ def project(tmp_path_factory, tiny_model_dir):
             configure_tracking()
             with mlflow.start_run() as run:
                 mlflow.log_params({"learning_rate": 1e-3, "epochs": 2, "base_model": "tiny"})
-                mlflow.set_tags({"git_commit": "abc123", "backend": "cpu", "device_name": "x86_64",
-                                 "device_arch": "x86_64", "precision": "fp32",
-                                 "data_md5_train": "d41d8cd98f00b204e9800998ecf8427e", "data_md5_dev": "0" * 32})
-            (ckpt / "medqa.json").write_text(json.dumps({"run_id": run.info.run_id, "backend": "cpu",
-                                                         "base_model": "tiny", "max_seq_length": 128,
-                                                         "doc_stride": 48}))
+                mlflow.set_tags(
+                    {
+                        "git_commit": "abc123",
+                        "backend": "cpu",
+                        "device_name": "x86_64",
+                        "device_arch": "x86_64",
+                        "precision": "fp32",
+                        "data_md5_train": "d41d8cd98f00b204e9800998ecf8427e",
+                        "data_md5_dev": "0" * 32,
+                    }
+                )
+            (ckpt / "medqa.json").write_text(
+                json.dumps(
+                    {
+                        "run_id": run.info.run_id,
+                        "backend": "cpu",
+                        "base_model": "tiny",
+                        "max_seq_length": 128,
+                        "doc_stride": 48,
+                    }
+                )
+            )
             (proj / "decoding.json").write_text(json.dumps(DECODING))
-            (ckpt / "decoding.json").write_text(json.dumps(DECODING))  # lets the folder be used directly
-            (proj / "metrics.json").write_text(json.dumps({
-                "f1": f1, "exact": f1 / 2, "baselines_f1": {"lexical_window": 0.1}, "best_baseline": "lexical_window"}))
-            register_model(ckpt, proj / "metrics.json", proj / "decoding.json", proj / "test.jsonl",
-                           proj / f"registration{i}.json", RegisterParams(NAME, 0.0))
+            (ckpt / "decoding.json").write_text(
+                json.dumps(DECODING)
+            )  # lets the folder be used directly
+            (proj / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "f1": f1,
+                        "exact": f1 / 2,
+                        "baselines_f1": {"lexical_window": 0.1},
+                        "best_baseline": "lexical_window",
+                    }
+                )
+            )
+            register_model(
+                ckpt,
+                proj / "metrics.json",
+                proj / "decoding.json",
+                proj / "test.jsonl",
+                proj / f"registration{i}.json",
+                RegisterParams(NAME, 0.0),
+            )
         yield proj
     finally:
         mlflow.set_tracking_uri(None)
@@ -107,7 +157,10 @@ def test_versions_carry_lineage_tags(in_project):
     mv = client().get_model_version(NAME, "1")
     run_id = mv.tags["run_id"]
     assert mv.tags["git_commit"] == "abc123"
-    assert mv.tags["data_md5_train"] == "d41d8cd98f00b204e9800998ecf8427e" and mv.tags["data_md5_dev"] == "0" * 32
+    assert (
+        mv.tags["data_md5_train"] == "d41d8cd98f00b204e9800998ecf8427e"
+        and mv.tags["data_md5_dev"] == "0" * 32
+    )
     assert json.loads(mv.tags["params"])["learning_rate"] == "0.001"
     assert mv.tags["device"] == "cpu, x86_64, x86_64, fp32"
     assert mv.tags["tracking_uri"].startswith("sqlite:///") and run_id in mv.tags["run_link"]
@@ -130,25 +183,45 @@ def test_promote_rollback_twice_and_models(in_project, capsys):
 
     history = json.loads(client().get_registered_model(NAME).tags[HISTORY_TAG])
     assert [(e["action"], e["version"], e["previous"]) for e in history] == [
-        ("gate", "1", None), ("gate", "2", "1"), ("promote", "3", "2"), ("rollback", "2", "3"), ("rollback", "1", "2")]
+        ("gate", "1", None),
+        ("gate", "2", "1"),
+        ("promote", "3", "2"),
+        ("rollback", "2", "3"),
+        ("rollback", "1", "2"),
+    ]
 
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["test_f1"], r["aliases"]) for r in rows] == [
-        ("3", 0.4, ["candidate"]), ("2", 0.6, []), ("1", 0.5, ["champion"])]
+        ("3", 0.4, ["candidate"]),
+        ("2", 0.6, []),
+        ("1", 0.5, ["champion"]),
+    ]
     assert main(["models"]) == 0
     table = capsys.readouterr().out
     assert "0.4000" in table and "champion" in table
 
     assert main(["promote", "9"]) == 2 and "has no version '9'" in capsys.readouterr().err
-    assert main(["models", "--name", "nope"]) == 2 and "no registered model named 'nope'" in capsys.readouterr().err
+    assert (
+        main(["models", "--name", "nope"]) == 2
+        and "no registered model named 'nope'" in capsys.readouterr().err
+    )
     # back to the state the server test expects
     assert main(["promote", "2"]) == 0 and champion() == "2"
 
 
-def _predict_file(project: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medqa", "predict", "--model", f"models:/{NAME}@champion", *args],
-                          cwd=project, env=_clean_env(), input=stdin, capture_output=True, text=True, timeout=300)
+def _predict_file(
+    project: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "medqa", "predict", "--model", f"models:/{NAME}@champion", *args],
+        cwd=project,
+        env=_clean_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _read_jsonl(text: str) -> list[dict]:
@@ -163,39 +236,95 @@ def test_batch_predict_jsonl_csv_stdin_agree(in_project):
         w.writeheader()
         w.writerows(RECORDS)
 
-    assert main(["predict", "--model", f"models:/{NAME}@champion", "--input", "in.jsonl", "--output", "out.jsonl",
-                 "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                f"models:/{NAME}@champion",
+                "--input",
+                "in.jsonl",
+                "--output",
+                "out.jsonl",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     from_jsonl = _read_jsonl((proj / "out.jsonl").read_text())
     assert [r["id"] for r in from_jsonl] == ["q1", "q2", 3]  # no id: the line number
     for res, rec in zip(from_jsonl, RECORDS):
         assert set(res) == {"id", "answer", "score", "start", "end", "abstained"}
-        assert not res["abstained"] and rec["context"][res["start"]:res["end"]] == res["answer"]
+        assert not res["abstained"] and rec["context"][res["start"] : res["end"]] == res["answer"]
 
     from_csv = _read_jsonl(_predict_file(proj, "--input", "in.csv").stdout)
     from_stdin = _predict_file(proj, "--input", "-", stdin=(proj / "in.jsonl").read_text())
     assert from_stdin.returncode == 0 and "predict" in from_stdin.stderr  # the progress bar
     for other in (from_csv, _read_jsonl(from_stdin.stdout)):
-        assert [(r["answer"], r["start"], r["end"]) for r in other] == \
-               [(r["answer"], r["start"], r["end"]) for r in from_jsonl]
-        assert [r["score"] for r in other] == pytest.approx([r["score"] for r in from_jsonl], abs=1e-5)
+        assert [(r["answer"], r["start"], r["end"]) for r in other] == [
+            (r["answer"], r["start"], r["end"]) for r in from_jsonl
+        ]
+        assert [r["score"] for r in other] == pytest.approx(
+            [r["score"] for r in from_jsonl], abs=1e-5
+        )
     assert from_csv[2]["id"] == 4  # CSV: header is line 1
 
-    single = subprocess.run([sys.executable, "-m", "medqa", "predict", "--model", f"models:/{NAME}/2", "--json",
-                             "--question", RECORDS[0]["question"], "--context", CONTEXT],
-                            cwd=proj, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medqa",
+            "predict",
+            "--model",
+            f"models:/{NAME}/2",
+            "--json",
+            "--question",
+            RECORDS[0]["question"],
+            "--context",
+            CONTEXT,
+        ],
+        cwd=proj,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert json.loads(single.stdout)["answer"] == from_jsonl[0]["answer"]
 
 
-@pytest.mark.parametrize("lines,expected", [
-    ([RECORDS[0], {"question": "q?"}], "line 2: missing field 'context'"),
-    ([RECORDS[0], RECORDS[1], {"question": "q?", "context": "  "}], "line 3: 'context' is empty"),
-    ([{"question": 7, "context": CONTEXT}], "line 1: 'question' must be a string, got int"),
-    ([RECORDS[0], "{not json"], "line 2: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "lines,expected",
+    [
+        ([RECORDS[0], {"question": "q?"}], "line 2: missing field 'context'"),
+        (
+            [RECORDS[0], RECORDS[1], {"question": "q?", "context": "  "}],
+            "line 3: 'context' is empty",
+        ),
+        ([{"question": 7, "context": CONTEXT}], "line 1: 'question' must be a string, got int"),
+        ([RECORDS[0], "{not json"], "line 2: invalid JSON"),
+    ],
+)
 def test_bad_batch_records_exit_2_naming_the_line(in_project, capsys, lines, expected):
-    (in_project / "bad.jsonl").write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-    assert main(["predict", "--model", str(in_project / "ckpt1"), "--input", "bad.jsonl", "--output", "o.jsonl",
-                 "--batch-size", "1"]) == 2
+    (in_project / "bad.jsonl").write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(in_project / "ckpt1"),
+                "--input",
+                "bad.jsonl",
+                "--output",
+                "o.jsonl",
+                "--batch-size",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"bad.jsonl: {expected}" in err and "Traceback" not in err
     assert not (in_project / "o.jsonl").exists() and not list(in_project.glob(".o.jsonl.*"))
@@ -231,9 +360,12 @@ def _free_port() -> int:
 
 
 def _post(port: int, records: list[dict]) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                 data=json.dumps({"dataframe_records": records}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        method="POST",
+        data=json.dumps({"dataframe_records": records}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return resp.status, json.loads(resp.read())
@@ -243,12 +375,23 @@ def _post(port: int, records: list[dict]) -> tuple[int, dict]:
 
 def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
     proj, port = in_project, _free_port()
-    expected = _read_jsonl(_predict_file(proj, "--input", "-", stdin="".join(json.dumps(r) + "\n"
-                                                                            for r in RECORDS)).stdout)
+    expected = _read_jsonl(
+        _predict_file(
+            proj, "--input", "-", stdin="".join(json.dumps(r) + "\n" for r in RECORDS)
+        ).stdout
+    )
     log = proj / "serve.log"
-    with open(log, "wb") as fh:  # a file, not a pipe: a chatty server must never block on a full pipe
-        server = subprocess.Popen([sys.executable, "-m", "medqa", "serve", "--port", str(port)], cwd=proj,
-                                  env=_clean_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(
+        log, "wb"
+    ) as fh:  # a file, not a pipe: a chatty server must never block on a full pipe
+        server = subprocess.Popen(
+            [sys.executable, "-m", "medqa", "serve", "--port", str(port)],
+            cwd=proj,
+            env=_clean_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -264,12 +407,17 @@ def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
         status, body = _post(port, [{k: r[k] for k in ("question", "context")} for r in RECORDS])
         assert status == 200
         served = body["predictions"]
-        assert [(s["answer"], s["start"], s["end"], s["abstained"]) for s in served] == \
-               [(e["answer"], e["start"], e["end"], e["abstained"]) for e in expected]
-        assert [s["score"] for s in served] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+        assert [(s["answer"], s["start"], s["end"], s["abstained"]) for s in served] == [
+            (e["answer"], e["start"], e["end"], e["abstained"]) for e in expected
+        ]
+        assert [s["score"] for s in served] == pytest.approx(
+            [e["score"] for e in expected], abs=1e-5
+        )
 
         huge = (CONTEXT + " ") * 150  # ~30k characters: dozens of sliding windows
-        status, body = _post(port, [{"question": "How far can dosing be extended?", "context": huge}])
+        status, body = _post(
+            port, [{"question": "How far can dosing be extended?", "context": huge}]
+        )
         assert status == 200 and body["predictions"][0]["answer"]
 
         for records, message in [
@@ -277,7 +425,10 @@ def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
             ([RECORDS[0], {"question": "q?"}], "record 2: missing field 'context'"),
             ([{"question": "q?", "context": ""}], "record 1: 'context' is empty"),
             ([{"question": 5, "context": CONTEXT}], "question"),
-            ([{"question": "q?", "context": "x" * (MAX_CONTEXT_CHARS + 1)}], f"the limit is {MAX_CONTEXT_CHARS}"),
+            (
+                [{"question": "q?", "context": "x" * (MAX_CONTEXT_CHARS + 1)}],
+                f"the limit is {MAX_CONTEXT_CHARS}",
+            ),
             ([{"question": "why " * 200, "context": CONTEXT}], "this model takes at most"),
         ]:
             status, body = _post(port, records)

@@ -14,27 +14,43 @@ from medqa.config import ValidateParams
 from medqa.data import validate_squad_records
 from medqa.errors import DataError
 
-FIXTURE = Path(__file__).parent / "data" / "amd_repairs"  # SQuAD v2 train/dev/test with repairable faults
-P1 = ("Age-related macular degeneration (AMD) affects the macula, the central part of the retina. "
-      "It blurs central vision, while peripheral vision is usually preserved. AMD is a leading cause "
-      "of severe vision loss in older adults.")
+FIXTURE = (
+    Path(__file__).parent / "data" / "amd_repairs"
+)  # SQuAD v2 train/dev/test with repairable faults
+P1 = (
+    "Age-related macular degeneration (AMD) affects the macula, the central part of the retina. "
+    "It blurs central vision, while peripheral vision is usually preserved. AMD is a leading cause "
+    "of severe vision loss in older adults."
+)
 P2 = "Dry AMD and wet AMD differ in how fast vision is lost."
 DEV = "Geographic atrophy is the advanced form of dry AMD."
 TEST = "Smoking is the strongest modifiable risk factor for AMD."
 
 
 def validate(tmp_path, raw, **params):
-    return validate_squad_records(raw, tmp_path / "validated", tmp_path / "rejected.jsonl",
-                                  tmp_path / "validation.json", ValidateParams(**params))
+    return validate_squad_records(
+        raw,
+        tmp_path / "validated",
+        tmp_path / "rejected.jsonl",
+        tmp_path / "validation.json",
+        ValidateParams(**params),
+    )
 
 
 def outputs(tmp_path):
     """(written rows by id, [(id, reasons)] of the rejected rows, repair records, validation.json)."""
-    written = {r["id"]: r for split in ("train", "dev", "test")
-               for r in read_jsonl(tmp_path / "validated" / f"{split}.jsonl")}
+    written = {
+        r["id"]: r
+        for split in ("train", "dev", "test")
+        for r in read_jsonl(tmp_path / "validated" / f"{split}.jsonl")
+    }
     rejected = [(r["id"], r["reasons"]) for r in read_jsonl(tmp_path / "rejected.jsonl")]
-    return written, rejected, read_jsonl(tmp_path / "repairs.jsonl"), json.loads(
-        (tmp_path / "validation.json").read_text())
+    return (
+        written,
+        rejected,
+        read_jsonl(tmp_path / "repairs.jsonl"),
+        json.loads((tmp_path / "validation.json").read_text()),
+    )
 
 
 def assert_accounted(s, report, written, repairs):
@@ -46,7 +62,7 @@ def assert_accounted(s, report, written, repairs):
     for row in written.values():  # every answer written is an exact span of its context
         for a in row["answers"]:
             start = a["answer_start"]
-            assert row["context"][start:start + len(a["text"])] == a["text"], row["id"]
+            assert row["context"][start : start + len(a["text"])] == a["text"], row["id"]
 
 
 def test_fixture_with_default_params_is_repaired_whole_and_every_row_accounted_for(tmp_path):
@@ -55,24 +71,37 @@ def test_fixture_with_default_params_is_repaired_whole_and_every_row_accounted_f
     assert (s.rows_in, s.rejected, rejected) == (15, 0, [])
     assert report["accepted"] == 6 and report["repaired"] == 9 and report["merged"] == 2
     assert report["written_by_split"] == {"train": 8, "dev": 3, "test": 2}
-    assert report["repairs_by_kind"] == {"strip_answer_whitespace": 4, "shift_answer_start": 3,
-                                         "merge_duplicate_question": 3}
+    assert report["repairs_by_kind"] == {
+        "strip_answer_whitespace": 4,
+        "shift_answer_start": 3,
+        "merge_duplicate_question": 3,
+    }
     assert_accounted(s, report, written, repairs)
     kinds = {}
     for r in repairs:
         kinds.setdefault(r["id"], []).append(r["what"])
-    assert kinds == {"ws-vision": ["strip_answer_whitespace"], "off-by-one": ["shift_answer_start"],
-                     "ws-lead": ["strip_answer_whitespace"],
-                     "ws-and-off": ["shift_answer_start", "strip_answer_whitespace"],
-                     "dev-off": ["shift_answer_start"], "test-ws": ["strip_answer_whitespace"],
-                     "dup-who-1": ["merge_duplicate_question"], "dup-who-2": ["merge_duplicate_question"],
-                     "dup-drug-2": ["merge_duplicate_question"]}
+    assert kinds == {
+        "ws-vision": ["strip_answer_whitespace"],
+        "off-by-one": ["shift_answer_start"],
+        "ws-lead": ["strip_answer_whitespace"],
+        "ws-and-off": ["shift_answer_start", "strip_answer_whitespace"],
+        "dev-off": ["shift_answer_start"],
+        "test-ws": ["strip_answer_whitespace"],
+        "dup-who-1": ["merge_duplicate_question"],
+        "dup-who-2": ["merge_duplicate_question"],
+        "dup-drug-2": ["merge_duplicate_question"],
+    }
     assert all(r["source"].endswith(".json") and r["row"].startswith("data[") for r in repairs)
-    assert written["ws-and-off"]["answers"] == [{"text": "intravitreal injections", "answer_start": 118}]
+    assert written["ws-and-off"]["answers"] == [
+        {"text": "intravitreal injections", "answer_start": 118}
+    ]
     assert written["off-by-one"]["answers"] == [{"text": "peripheral vision", "answer_start": 122}]
     # duplicates: the first row stays, with every distinct gold answer; an exact duplicate adds nothing
     assert "dup-who-2" not in written and "dup-drug-2" not in written
-    assert [a["text"] for a in written["dup-who-1"]["answers"]] == ["older adults", "in older adults"]
+    assert [a["text"] for a in written["dup-who-1"]["answers"]] == [
+        "older adults",
+        "in older adults",
+    ]
     assert written["dup-drug-1"]["answers"] == [{"text": "ranibizumab", "answer_start": 169}]
     merged = next(r for r in repairs if r["id"] == "dup-drug-2")
     assert merged["after"]["merged_into"]["id"] == "dup-drug-1"
@@ -97,47 +126,74 @@ def test_repair_false_is_the_strict_validator(tmp_path):
 
 
 def squad(split, context, qas):
-    return {"version": "v2.0", "split": split, "data": [{"title": "t", "paragraphs": [{"context": context,
-                                                                                      "qas": qas}]}]}
+    return {
+        "version": "v2.0",
+        "split": split,
+        "data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}],
+    }
 
 
 def q(i, question, text=None, start=None, context=P1, impossible=False):
-    answers = [] if text is None else [{"text": text, "answer_start": context.index(text) if start is None
-                                        else start}]
+    answers = (
+        []
+        if text is None
+        else [{"text": text, "answer_start": context.index(text) if start is None else start}]
+    )
     return {"id": i, "question": question, "is_impossible": impossible, "answers": answers}
 
 
 def folder(tmp_path, train, dev=None, test=None):
     raw = tmp_path / "raw"
     raw.mkdir()
-    for split, context, qas in (("train", P1, train),
-                                ("dev", DEV, dev or [q("d1", "Which form?", "advanced form", context=DEV)]),
-                                ("test", TEST, test or [q("t1", "What is the risk factor?", "Smoking",
-                                                          context=TEST)])):
+    for split, context, qas in (
+        ("train", P1, train),
+        ("dev", DEV, dev or [q("d1", "Which form?", "advanced form", context=DEV)]),
+        ("test", TEST, test or [q("t1", "What is the risk factor?", "Smoking", context=TEST)]),
+    ):
         doc = squad(split, context, qas) if isinstance(qas, list) else qas
         (raw / f"{split}.json").write_text(json.dumps(doc), encoding="utf-8")
     return raw
 
 
-SPAN, EDGE, DUP = "answer_span_matches_context", "answer_has_edge_whitespace", "duplicate_question_on_context"
+SPAN, EDGE, DUP = (
+    "answer_span_matches_context",
+    "answer_has_edge_whitespace",
+    "duplicate_question_on_context",
+)
 UNREPAIRABLE = {
     # case: (train qas, expected rejected [(id, reasons)]), the same as without repair
     "start more than 32 characters off": (
-        [q("far", "Who?", "older adults", start=P1.index("older adults") - 40)], [("far", [SPAN])]),
+        [q("far", "Who?", "older adults", start=P1.index("older adults") - 40)],
+        [("far", [SPAN])],
+    ),
     "two occurrences equally near": ("ambiguous", [("amb", [SPAN])]),
     "only whitespace": ([q("blank", "What?", "   ", start=0)], [("blank", [EDGE, SPAN])]),
     "padded text neither at its start nor near it": (
-        [q("pad", "Which part?", "retina ", start=P1.index("retina") + 1)], [("pad", [EDGE, SPAN])]),
+        [q("pad", "Which part?", "retina ", start=P1.index("retina") + 1)],
+        [("pad", [EDGE, SPAN])],
+    ),
     "duplicate answerable and unanswerable": (
-        [q("a1", "Whom does it affect?", "older adults"), q("a2", "Whom does it affect?", impossible=True)],
-        [("a2", [DUP])]),
+        [
+            q("a1", "Whom does it affect?", "older adults"),
+            q("a2", "Whom does it affect?", impossible=True),
+        ],
+        [("a2", [DUP])],
+    ),
     "duplicate whose answer is bad": (
-        [q("a1", "Whom does it affect?", "older adults"),
-         q("a2", "Whom does it affect?", "older adults", start=9999)], [("a2", [SPAN, DUP])]),
+        [
+            q("a1", "Whom does it affect?", "older adults"),
+            q("a2", "Whom does it affect?", "older adults", start=9999),
+        ],
+        [("a2", [SPAN, DUP])],
+    ),
     "duplicate whose id another row uses": (
-        [q("a1", "Whom does it affect?", "older adults"), q("a2", "Whom does it affect?", "older adults"),
-         q("a2", "What does it affect?", "the macula")],
-        [("a2", [DUP, "id:unique_id"]), ("a2", ["id:unique_id"])]),
+        [
+            q("a1", "Whom does it affect?", "older adults"),
+            q("a2", "Whom does it affect?", "older adults"),
+            q("a2", "What does it affect?", "the macula"),
+        ],
+        [("a2", [DUP, "id:unique_id"]), ("a2", ["id:unique_id"])],
+    ),
 }
 
 
@@ -157,8 +213,10 @@ def test_what_cannot_be_repaired_losslessly_is_rejected_as_without_repair(tmp_pa
 
 def test_a_repaired_row_that_fails_another_check_is_rejected_and_not_listed_as_repaired(tmp_path):
     off = P1.index("peripheral vision") + 1
-    train = [q("x", "Which vision is preserved?", "peripheral vision", start=off),
-             q("x", "Whom does it affect?", "older adults")]
+    train = [
+        q("x", "Which vision is preserved?", "peripheral vision", start=off),
+        q("x", "Whom does it affect?", "older adults"),
+    ]
     s = validate(tmp_path, folder(tmp_path, train), on_invalid="drop")
     written, rejected, repairs, report = outputs(tmp_path)
     assert rejected == [("x", ["id:unique_id"])] * 2 and s.rejected == 2 and repairs == []
@@ -167,27 +225,53 @@ def test_a_repaired_row_that_fails_another_check_is_rejected_and_not_listed_as_r
 
 def test_a_merged_row_is_rejected_with_the_row_it_joined(tmp_path):
     """dev repeats train's context (leakage): the kept dev row is rejected, and its merged twin with it."""
-    dev = squad("dev", P1, [q("d1", "Whom does it affect?", "older adults"),
-                            q("d2", "Whom does it affect?", "in older adults")])
-    s = validate(tmp_path, folder(tmp_path, [q("a1", "Which part?", "the macula")], dev=dev),
-                 on_invalid="drop")
+    dev = squad(
+        "dev",
+        P1,
+        [
+            q("d1", "Whom does it affect?", "older adults"),
+            q("d2", "Whom does it affect?", "in older adults"),
+        ],
+    )
+    s = validate(
+        tmp_path,
+        folder(tmp_path, [q("a1", "Which part?", "the macula")], dev=dev),
+        on_invalid="drop",
+    )
     written, rejected, repairs, report = outputs(tmp_path)
     assert rejected == [("d1", ["context_in_two_splits"]), ("d2", ["context_in_two_splits", DUP])]
-    assert repairs == [] and report["repaired"] == 0 and s.accepted == {"train": 1, "dev": 0, "test": 1}
+    assert (
+        repairs == []
+        and report["repaired"] == 0
+        and s.accepted == {"train": 1, "dev": 0, "test": 1}
+    )
     assert_accounted(s, report, written, repairs)
 
 
 def test_duplicates_differing_in_title_or_question_type_are_not_merged(tmp_path):
-    dup = [q("a1", "Whom does it affect?", "older adults"),
-           {**q("a2", "Whom does it affect?", "in older adults"), "question_type": "population"}]
+    dup = [
+        q("a1", "Whom does it affect?", "older adults"),
+        {**q("a2", "Whom does it affect?", "in older adults"), "question_type": "population"},
+    ]
     s = validate(tmp_path, folder(tmp_path, dup), on_invalid="drop")
-    assert s.failures_by_check == {"duplicate_question_on_context": 1} and sum(s.repaired.values()) == 0
+    assert (
+        s.failures_by_check == {"duplicate_question_on_context": 1}
+        and sum(s.repaired.values()) == 0
+    )
 
 
 def test_repairs_path_may_be_given(tmp_path):
     off = P1.index("peripheral vision") - 1
     raw = folder(tmp_path, [q("off", "Which vision?", "peripheral vision", start=off)])
-    validate_squad_records(raw, tmp_path / "v", tmp_path / "r.jsonl", tmp_path / "v.json", ValidateParams(),
-                           repairs_path=tmp_path / "elsewhere" / "fixes.jsonl")
-    assert [r["what"] for r in read_jsonl(tmp_path / "elsewhere" / "fixes.jsonl")] == ["shift_answer_start"]
+    validate_squad_records(
+        raw,
+        tmp_path / "v",
+        tmp_path / "r.jsonl",
+        tmp_path / "v.json",
+        ValidateParams(),
+        repairs_path=tmp_path / "elsewhere" / "fixes.jsonl",
+    )
+    assert [r["what"] for r in read_jsonl(tmp_path / "elsewhere" / "fixes.jsonl")] == [
+        "shift_answer_start"
+    ]
     assert not (tmp_path / "repairs.jsonl").exists()

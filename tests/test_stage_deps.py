@@ -21,8 +21,12 @@ def dvc_stages() -> dict:
 
 @pytest.mark.parametrize("stage", list(STAGE_COMMANDS))
 def test_dvc_yaml_lists_every_module_the_stage_imports(stage):
-    listed = sorted(d for d in dvc_stages()[stage]["deps"] if isinstance(d, str) and d.startswith("src/"))
-    assert listed == dvc_dep_paths(stage), f"fix dvc.yaml's {stage} deps: see `python -m medqa.provenance`"
+    listed = sorted(
+        d for d in dvc_stages()[stage]["deps"] if isinstance(d, str) and d.startswith("src/")
+    )
+    assert listed == dvc_dep_paths(stage), (
+        f"fix dvc.yaml's {stage} deps: see `python -m medqa.provenance`"
+    )
 
 
 def test_every_dvc_stage_is_known_to_provenance():
@@ -33,10 +37,24 @@ def test_lazy_and_transitive_imports_count():
     names = {p.name for p in stage_sources("tokenize")}
     # features imports modelsource (which changes every window when the tokenizer loads differently),
     # the cli imports config lazily inside _params: both must be deps
-    assert {"modelsource.py", "features.py", "config.py", "errors.py", "atomic.py", "cli.py"} <= names
+    assert {
+        "modelsource.py",
+        "features.py",
+        "config.py",
+        "errors.py",
+        "atomic.py",
+        "cli.py",
+    } <= names
     assert "training.py" not in names and "registry.py" not in names
     train = {p.name for p in stage_sources("train")}
-    assert {"training.py", "modelsource.py", "scoring.py", "decoding.py", "device.py", "tracking.py"} <= train
+    assert {
+        "training.py",
+        "modelsource.py",
+        "scoring.py",
+        "decoding.py",
+        "device.py",
+        "tracking.py",
+    } <= train
     assert {p.name for p in module_closure({"medqa.errors"})} == {"errors.py"}
 
 

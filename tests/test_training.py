@@ -45,29 +45,81 @@ def workspace(tmp_path, tiny_raw_dir, tiny_model_dir):
     params["train"].update(epochs=3, batch_size=8, learning_rate=1e-3, save_steps=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     p = ["--params", str(tmp_path / "params.yaml")]
-    assert main([*p, "validate", "--out", str(tmp_path / "validated"), "--rejected", str(tmp_path / "rej.jsonl"),
-                 "--report", str(tmp_path / "validation.json")]) == 0
-    assert main([*p, "tokenize", "--validated", str(tmp_path / "validated"), "--out", str(tmp_path / "features")]) == 0
+    assert (
+        main(
+            [
+                *p,
+                "validate",
+                "--out",
+                str(tmp_path / "validated"),
+                "--rejected",
+                str(tmp_path / "rej.jsonl"),
+                "--report",
+                str(tmp_path / "validation.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                *p,
+                "tokenize",
+                "--validated",
+                str(tmp_path / "validated"),
+                "--out",
+                str(tmp_path / "features"),
+            ]
+        )
+        == 0
+    )
     return tmp_path
 
 
 def env_for(ws: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    }
     return env | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def train_cmd(ws: Path, name: str) -> list[str]:
-    return ["--params", str(ws / "params.yaml"), "train", "--features", str(ws / "features"),
-            "--validated", str(ws / "validated"), "--out", str(ws / name / "checkpoint"),
-            "--state", str(ws / name / "state")]
+    return [
+        "--params",
+        str(ws / "params.yaml"),
+        "train",
+        "--features",
+        str(ws / "features"),
+        "--validated",
+        str(ws / "validated"),
+        "--out",
+        str(ws / name / "checkpoint"),
+        "--state",
+        str(ws / name / "state"),
+    ]
 
 
-def run_train(ws: Path, name: str, prefix: list[str] | None = None, extra_env: dict[str, str] | None = None,
-              expect_rc: int = 0) -> subprocess.CompletedProcess:
+def run_train(
+    ws: Path,
+    name: str,
+    prefix: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    expect_rc: int = 0,
+) -> subprocess.CompletedProcess:
     prefix = prefix or [sys.executable, "-m", "medqa"]
-    res = subprocess.run([*prefix, *train_cmd(ws, name)], cwd=ws, env=env_for(ws) | (extra_env or {}),
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == expect_rc, f"rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    res = subprocess.run(
+        [*prefix, *train_cmd(ws, name)],
+        cwd=ws,
+        env=env_for(ws) | (extra_env or {}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == expect_rc, (
+        f"rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    )
     return res
 
 
@@ -97,14 +149,21 @@ def test_same_seed_same_weights_and_dev_f1(workspace):
     curve_a = json.loads((workspace / "a" / "checkpoint" / "train_curve.json").read_text())
     assert curve_a == json.loads((workspace / "b" / "checkpoint" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve_a] == [1, 2, 3]
-    assert all(0 <= r["dev_f1"] <= 1 for r in curve_a[:-1]) and curve_a[-1]["dev_f1"] is None  # evaluate's
+    assert (
+        all(0 <= r["dev_f1"] <= 1 for r in curve_a[:-1]) and curve_a[-1]["dev_f1"] is None
+    )  # evaluate's
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     run_train(workspace, "straight")
     steps = json.loads((workspace / "straight" / "checkpoint" / "medqa.json").read_text())
-    killed = run_train(workspace, "resumed", prefix=[sys.executable, "-c", KILLER],
-                       extra_env={"KILL_AT": "5"}, expect_rc=-signal.SIGKILL)
+    killed = run_train(
+        workspace,
+        "resumed",
+        prefix=[sys.executable, "-c", KILLER],
+        extra_env={"KILL_AT": "5"},
+        expect_rc=-signal.SIGKILL,
+    )
     assert "trained on" not in killed.stdout
     state = workspace / "resumed" / "state"
     assert sorted(p.name for p in state.glob("checkpoint-*")) == ["checkpoint-4"]  # newest only
@@ -124,7 +183,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     curve = json.loads((workspace / "resumed" / "checkpoint" / "train_curve.json").read_text())
     straight = json.loads((workspace / "straight" / "checkpoint" / "train_curve.json").read_text())
     assert [(r["epoch"], r["dev_f1"], r["dev_em"]) for r in curve] == [
-        (r["epoch"], r["dev_f1"], r["dev_em"]) for r in straight]
+        (r["epoch"], r["dev_f1"], r["dev_em"]) for r in straight
+    ]
     # the interrupted epoch's loss averages only the steps run after resuming; later epochs match
     assert [r["train_loss"] for r in curve[1:]] == [r["train_loss"] for r in straight[1:]]
     # the resumed run continued the killed run's MLflow run instead of starting another
@@ -149,8 +209,13 @@ def test_a_finished_training_is_never_resumed_and_a_rerun_logs_params(workspace)
 
 def test_changed_features_discard_the_state_of_a_killed_run(workspace):
     """Issue "Trust the cache and the gate" 2: new training labels must retrain, not resume."""
-    run_train(workspace, "k", prefix=[sys.executable, "-c", KILLER], extra_env={"KILL_AT": "3"},
-              expect_rc=-signal.SIGKILL)
+    run_train(
+        workspace,
+        "k",
+        prefix=[sys.executable, "-c", KILLER],
+        extra_env={"KILL_AT": "3"},
+        expect_rc=-signal.SIGKILL,
+    )
     assert (workspace / "k" / "state" / "checkpoint-2").exists()
     (workspace / "features" / "train" / "labels-changed.txt").write_text("new labels\n")
     again = run_train(workspace, "k")
@@ -159,10 +224,19 @@ def test_changed_features_discard_the_state_of_a_killed_run(workspace):
 
 def test_one_trainer_per_state(workspace):
     """Issue "Trust the cache and the gate" 4: a second trainer on the same state is refused."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from medqa.process import exclusive_state\n"
-        f"with exclusive_state(Path({str(workspace / 'held' / 'state')!r})):\n"
-        "    print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from medqa.process import exclusive_state\n"
+                f"with exclusive_state(Path({str(workspace / 'held' / 'state')!r})):\n"
+                "    print('held', flush=True); time.sleep(120)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         res = run_train(workspace, "held", expect_rc=2)
@@ -179,12 +253,23 @@ def test_a_trainer_dies_with_the_process_that_started_it(tmp_path):
     import time
 
     armed = tmp_path / "armed"
-    child = ("import time; from pathlib import Path; from medqa.process import die_with_parent; "
-             f"die_with_parent(); Path({str(armed)!r}).touch(); time.sleep(120)")
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import subprocess, sys, time\n"
-        f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
-        "print(p.pid, flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    child = (
+        "import time; from pathlib import Path; from medqa.process import die_with_parent; "
+        f"die_with_parent(); Path({str(armed)!r}).touch(); time.sleep(120)"
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import subprocess, sys, time\n"
+                f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+                "print(p.pid, flush=True); time.sleep(120)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pid = int(parent.stdout.readline())
     deadline = time.monotonic() + 60
     while not armed.exists():
@@ -218,8 +303,10 @@ def test_checkpoints_of_another_configuration_are_not_resumed(workspace):
     for name in ("trainer_state.json", "model.safetensors", "optimizer.pt"):
         (state / "checkpoint-3" / name).write_text("{}")
     (state / STATE_FILE).write_text(json.dumps({"fingerprint": "same", "mlflow_run_id": "x"}))
-    assert resumable_checkpoint(state, "same") == (str(state / "checkpoint-3"), {"fingerprint": "same",
-                                                                                 "mlflow_run_id": "x"})
+    assert resumable_checkpoint(state, "same") == (
+        str(state / "checkpoint-3"),
+        {"fingerprint": "same", "mlflow_run_id": "x"},
+    )
 
 
 def free_port() -> int:
@@ -229,8 +316,21 @@ def free_port() -> int:
 
 
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_model_dir):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "medqa"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "medqa",
+    ]
     res = run_train(workspace, "ddp", prefix=torchrun)
     assert res.stdout.count("trained on") == 1  # rank 0 reports, rank 1 stays quiet
     summary = json.loads((workspace / "ddp" / "checkpoint" / "medqa.json").read_text())
@@ -243,7 +343,11 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_
     runs = mlflow_runs(workspace)
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
     assert runs[0].data.params["per_device_batch_size"] == "4"
-    leftovers = [p.name for p in (workspace / "ddp").iterdir() if p.name.startswith(".") and p.name != ".state.lock"]
+    leftovers = [
+        p.name
+        for p in (workspace / "ddp").iterdir()
+        if p.name.startswith(".") and p.name != ".state.lock"
+    ]
     assert leftovers == []
 
 

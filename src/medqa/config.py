@@ -31,8 +31,10 @@ class _ParamsLoader(yaml.SafeLoader):
 
 
 _ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _refuse_duplicate_keys(node: yaml.Node, path: str = "") -> None:
@@ -47,11 +49,16 @@ def _refuse_duplicate_keys(node: yaml.Node, path: str = "") -> None:
     for key_node, value_node in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys on purpose
             continue
-        ident = (key_node.tag, key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node))
+        ident = (
+            key_node.tag,
+            key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node),
+        )
         name = f"{path}.{key_node.value}" if path else str(key_node.value)
         line = key_node.start_mark.line + 1
         if ident in first_line:
-            raise ConfigError(f"duplicate key {name} at line {line} (first at line {first_line[ident]})")
+            raise ConfigError(
+                f"duplicate key {name} at line {line} (first at line {first_line[ident]})"
+            )
         first_line[ident] = line
         _refuse_duplicate_keys(value_node, name)
 
@@ -89,7 +96,9 @@ class TokenizeParams:
 
     max_seq_length: int = 384
     doc_stride: int = 128
-    train_fraction: float = 1.0  # share of training questions used (learning curves); nested subsets
+    train_fraction: float = (
+        1.0  # share of training questions used (learning curves); nested subsets
+    )
 
 
 @dataclass(frozen=True)
@@ -98,13 +107,19 @@ class TrainParams:
 
     batch_size: int = 32
     learning_rate: float = 2e-5
-    head_learning_rate: float = 2e-5  # the freshly initialised QA head; the paper uses one rate for all
+    head_learning_rate: float = (
+        2e-5  # the freshly initialised QA head; the paper uses one rate for all
+    )
     epochs: float = 3.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    layer_lr_decay: float = 1.0  # encoder layer k of L trains at learning_rate * decay**(L-k); 1.0: no decay
+    layer_lr_decay: float = (
+        1.0  # encoder layer k of L trains at learning_rate * decay**(L-k); 1.0: no decay
+    )
     seed: int = 42
-    save_steps: int = 0  # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
+    save_steps: int = (
+        0  # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
@@ -186,8 +201,18 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def _check_ranges(params: Any, prefix: str) -> None:
     """Refuse values that would pass the type check but make a stage fail late or train wrongly."""
-    positive = {"batch_size", "epochs", "learning_rate", "head_learning_rate", "max_seq_length", "n_best",
-                "max_answer_length", "max_question_chars", "max_context_chars", "bootstrap_samples"}
+    positive = {
+        "batch_size",
+        "epochs",
+        "learning_rate",
+        "head_learning_rate",
+        "max_seq_length",
+        "n_best",
+        "max_answer_length",
+        "max_question_chars",
+        "max_context_chars",
+        "bootstrap_samples",
+    }
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         if f.name in positive and isinstance(value, (int, float)) and value <= 0:
@@ -196,11 +221,17 @@ def _check_ranges(params: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{f.name}: must be in (0, 1], got {value}")
         if f.name in ("save_steps", "weight_decay") and value < 0:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
-    if isinstance(params, TokenizeParams) and not 0 <= params.doc_stride < params.max_seq_length // 2:
-        raise ConfigError(f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, "
-                          f"got {params.doc_stride}")
+    if (
+        isinstance(params, TokenizeParams)
+        and not 0 <= params.doc_stride < params.max_seq_length // 2
+    ):
+        raise ConfigError(
+            f"{prefix}.doc_stride: must be >= 0 and < max_seq_length/2, got {params.doc_stride}"
+        )
     if isinstance(params, TokenizeParams) and not 0 < params.train_fraction <= 1:
-        raise ConfigError(f"{prefix}.train_fraction: must be in (0, 1], got {params.train_fraction}")
+        raise ConfigError(
+            f"{prefix}.train_fraction: must be in (0, 1], got {params.train_fraction}"
+        )
     # transformers' set_seed seeds numpy too, which takes 0 .. 2**32 - 1 only
     if isinstance(params, TrainParams) and not 0 <= params.seed < 2**32:
         raise ConfigError(f"{prefix}.seed: must be >= 0 and < 2**32, got {params.seed}")
@@ -208,12 +239,16 @@ def _check_ranges(params: Any, prefix: str) -> None:
     if isinstance(params, TrainParams) and not 0 <= params.warmup_ratio < 1:
         raise ConfigError(f"{prefix}.warmup_ratio: must be >= 0 and < 1, got {params.warmup_ratio}")
     if isinstance(params, RegisterParams) and not MODEL_NAME.fullmatch(params.model_name):
-        raise ConfigError(f"{prefix}.model_name: must start with a letter or digit and hold only letters, "
-                          f"digits, '.', '_' and '-' (a registered-model name), got {params.model_name!r}")
+        raise ConfigError(
+            f"{prefix}.model_name: must start with a letter or digit and hold only letters, "
+            f"digits, '.', '_' and '-' (a registered-model name), got {params.model_name!r}"
+        )
     # test F1 is a share in [0, 1]; a percentage (30) would refuse every model, silently
     if isinstance(params, RegisterParams) and not 0 <= params.min_f1 <= 1:
-        raise ConfigError(f"{prefix}.min_f1: must be in [0, 1] (F1 as a share, not a percentage), "
-                          f"got {params.min_f1}")
+        raise ConfigError(
+            f"{prefix}.min_f1: must be in [0, 1] (F1 as a share, not a percentage), "
+            f"got {params.min_f1}"
+        )
 
 
 def parse_params(raw: dict[str, Any]) -> Params:

@@ -76,11 +76,21 @@ from medqa.errors import DataError, first_line
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
-SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
-                 "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "dev": "dev",
+    "validation": "dev",
+    "valid": "dev",
+    "val": "dev",
+    "test": "test",
+}
 FILE_SUFFIXES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "squad"}
 KNOWN_FILES = ".json, .jsonl, .csv or .parquet files (any case, optionally .gz)"
-IGNORED_PREFIXES = ("readme", "license", "licence")  # besides hidden files: never data, so not reported
+IGNORED_PREFIXES = (
+    "readme",
+    "license",
+    "licence",
+)  # besides hidden files: never data, so not reported
 SURROGATE = re.compile("[\ud800-\udfff]")
 FLAT_REQUIRED = ("id", "question", "context")
 HF_REQUIRED = ("id", "question", "context", "answers")
@@ -88,10 +98,13 @@ OUTPUT_COLUMNS = ["id", "title", "context", "question", "question_type", "is_imp
 COLUMNS = [*OUTPUT_COLUMNS, "split", "source", "row"]
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes"}, {"0", "false", "no"}
 MAX_ROWS_SHOWN = 10
-REPAIR_WINDOW = 32  # characters: how far a wrong answer_start may move to an exact occurrence of its text
+REPAIR_WINDOW = (
+    32  # characters: how far a wrong answer_start may move to an exact occurrence of its text
+)
 
 
 # --- value normalisation: every source's values in one shape, anything unreadable left for a check ---
+
 
 def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
@@ -142,8 +155,10 @@ def _answers(value: Any) -> Any:
             return [{"text": _scalar(t), "answer_start": _scalar(s)} for t, s in zip(texts, starts)]
         return value
     if _is_seq(value):
-        return [{k: _scalar(x) for k, x in a.items()} if isinstance(a, Mapping) else _scalar(a)
-                for a in value]
+        return [
+            {k: _scalar(x) for k, x in a.items()} if isinstance(a, Mapping) else _scalar(a)
+            for a in value
+        ]
     return value
 
 
@@ -152,27 +167,54 @@ def _text_or_empty(v: Any) -> str:
     return "" if _is_missing(v) else v if isinstance(v, str) else str(_scalar(v))
 
 
-def _row(*, id: Any, title: Any, context: Any, question: Any, question_type: Any, is_impossible: Any,
-         answers: Any, split: Any, row: str) -> dict[str, Any]:
+def _row(
+    *,
+    id: Any,
+    title: Any,
+    context: Any,
+    question: Any,
+    question_type: Any,
+    is_impossible: Any,
+    answers: Any,
+    split: Any,
+    row: str,
+) -> dict[str, Any]:
     """One QA row in the frame's shape; is_impossible defaults to "no answers" when absent or blank."""
     answers = _answers(answers)
     if _is_missing(is_impossible) or (isinstance(is_impossible, str) and not is_impossible.strip()):
         impossible = isinstance(answers, list) and not answers
     else:
         impossible = _as_bool(is_impossible)
-    return {"id": _value(id), "title": _text_or_empty(title), "context": _value(context),
-            "question": _value(question), "question_type": _text_or_empty(question_type),
-            "is_impossible": impossible, "answers": answers, "split": split, "row": row}
+    return {
+        "id": _value(id),
+        "title": _text_or_empty(title),
+        "context": _value(context),
+        "question": _value(question),
+        "question_type": _text_or_empty(question_type),
+        "is_impossible": impossible,
+        "answers": answers,
+        "split": split,
+        "row": row,
+    }
 
 
 def _record_row(rec: Mapping[str, Any], *, answers: Any, split: Any, row: str) -> dict[str, Any]:
     """A row from a flat record (JSONL, CSV, Parquet, Hugging Face), whose fields are named as ours."""
-    return _row(id=rec.get("id"), title=rec.get("title"), context=rec.get("context"),
-                question=rec.get("question"), question_type=rec.get("question_type"),
-                is_impossible=rec.get("is_impossible"), answers=answers, split=split, row=row)
+    return _row(
+        id=rec.get("id"),
+        title=rec.get("title"),
+        context=rec.get("context"),
+        question=rec.get("question"),
+        question_type=rec.get("question_type"),
+        is_impossible=rec.get("is_impossible"),
+        answers=answers,
+        split=split,
+        row=row,
+    )
 
 
 # --- readers: one per format, each raising a one-line DataError that names the file and position ---
+
 
 def _split_from_name(path: Path) -> str | None:
     stem = path.name.split(".")[0].lower()
@@ -197,7 +239,11 @@ def _read_bytes(path: Path) -> bytes:
     if data and path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
+        except (
+            OSError,
+            EOFError,
+            zlib.error,
+        ) as e:  # BadGzipFile is an OSError; EOFError: truncated
             raise DataError(f"{path}: not a valid gzip file ({first_line(e)})") from None
     if not data:
         raise DataError(f"{path}: empty file")
@@ -215,8 +261,9 @@ def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno + line_offset} column {e.colno}: {e.msg}"
-                        ) from None
+        raise DataError(
+            f"{path}: invalid JSON at line {e.lineno + line_offset} column {e.colno}: {e.msg}"
+        ) from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply at line {1 + line_offset}") from None
 
@@ -236,10 +283,19 @@ def _read_squad(path: Path) -> list[dict[str, Any]]:
                 where = f"data[{a_i}].paragraphs[{p_i}].qas[{q_i}]"
                 if not isinstance(qa, dict):
                     raise DataError(f"{path}: {where} is not an object")
-                rows.append(_row(id=qa.get("id"), title=article.get("title"), context=para.get("context"),
-                                 question=qa.get("question"), question_type=qa.get("question_type"),
-                                 is_impossible=qa.get("is_impossible"), answers=qa.get("answers"),
-                                 split=doc.get("split"), row=where))
+                rows.append(
+                    _row(
+                        id=qa.get("id"),
+                        title=article.get("title"),
+                        context=para.get("context"),
+                        question=qa.get("question"),
+                        question_type=qa.get("question_type"),
+                        is_impossible=qa.get("is_impossible"),
+                        answers=qa.get("answers"),
+                        split=doc.get("split"),
+                        row=where,
+                    )
+                )
     return rows
 
 
@@ -265,12 +321,15 @@ def _read_table(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
                 # index_col=False: a first row with extra fields must not turn its leading fields into an
                 # index; pandas then warns about (and would drop) the extra fields, which we refuse.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(data, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
+                df = pd.read_csv(
+                    data, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False
+                )
         else:
             df = pd.read_parquet(data)
     except pd.errors.ParserWarning:
-        raise DataError(f"{path}: cannot read as csv: the first data row has more fields than the header"
-                        ) from None
+        raise DataError(
+            f"{path}: cannot read as csv: the first data row has more fields than the header"
+        ) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (ValueError, OSError, pd.errors.ParserError, pyarrow.ArrowException) as e:
@@ -291,8 +350,11 @@ def _read_flat(path: Path, fmt: str) -> list[dict[str, Any]]:
     for i, rec in enumerate(records):
         if "answer_text" in columns:
             text = _scalar(rec.get("answer_text"))
-            answers = [] if _is_missing(text) or (isinstance(text, str) and text == "") else [
-                {"text": text, "answer_start": _as_int(rec.get("answer_start"))}]
+            answers = (
+                []
+                if _is_missing(text) or (isinstance(text, str) and text == "")
+                else [{"text": text, "answer_start": _as_int(rec.get("answer_start"))}]
+            )
         else:
             answers = rec.get("answers")
         rows.append(_record_row(rec, answers=answers, split=rec.get("split"), row=f"row {i + 1}"))
@@ -305,8 +367,10 @@ def is_saved_hf_dataset(path: Path) -> bool:
         return False
     from datasets import config  # imported here: `datasets` takes a second to import
 
-    return any((path / name).is_file() for name in (config.DATASETDICT_JSON_FILENAME,
-                                                     config.DATASET_STATE_JSON_FILENAME))
+    return any(
+        (path / name).is_file()
+        for name in (config.DATASETDICT_JSON_FILENAME, config.DATASET_STATE_JSON_FILENAME)
+    )
 
 
 def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
@@ -315,23 +379,37 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
 
     try:
         obj = datasets.load_from_disk(source) if saved else datasets.load_dataset(source)
-    except Exception as e:  # datasets and the hub client raise many unrelated types; all mean "cannot load"
+    except (
+        Exception
+    ) as e:  # datasets and the hub client raise many unrelated types; all mean "cannot load"
         if saved:
             raise DataError(f"{source}: cannot load the saved dataset: {first_line(e)}") from None
         if Path(source).exists():
-            raise DataError(f"{source}: datasets.load_dataset cannot load it ({first_line(e)})") from None
-        raise DataError(f"{source}: datasets.load_dataset failed ({first_line(e)}); a hub dataset needs a "
-                        "network: offline, save it with save_to_disk and set validate.raw_path to that folder"
-                        ) from None
+            raise DataError(
+                f"{source}: datasets.load_dataset cannot load it ({first_line(e)})"
+            ) from None
+        raise DataError(
+            f"{source}: datasets.load_dataset failed ({first_line(e)}); a hub dataset needs a "
+            "network: offline, save it with save_to_disk and set validate.raw_path to that folder"
+        ) from None
     parts = obj.items() if isinstance(obj, datasets.DatasetDict) else [(obj.split, obj)]
     rows = []
     for name, ds in parts:
         split = str(name) if name else None
         missing = [c for c in HF_REQUIRED if c not in ds.column_names]
         if missing:
-            raise DataError(f"{source}: split {split or '(unnamed)'} missing column(s) {', '.join(missing)}")
-        rows += [_record_row(rec, answers=rec.get("answers"), split=split or rec.get("split"),
-                             row=f"{split or ''}[{i}]") for i, rec in enumerate(ds.to_list())]
+            raise DataError(
+                f"{source}: split {split or '(unnamed)'} missing column(s) {', '.join(missing)}"
+            )
+        rows += [
+            _record_row(
+                rec,
+                answers=rec.get("answers"),
+                split=split or rec.get("split"),
+                row=f"{split or ''}[{i}]",
+            )
+            for i, rec in enumerate(ds.to_list())
+        ]
     return rows
 
 
@@ -349,11 +427,15 @@ def _inputs(raw_path: Path, fmt: str) -> list[tuple[Path, str]]:
     if fmt == "hf" or (fmt == "auto" and is_saved_hf_dataset(raw_path)):
         return [(raw_path, "hf")]
     if not raw_path.exists():
-        raise DataError(f"{raw_path}: no such file or folder (for a hub dataset set validate.format: hf)")
+        raise DataError(
+            f"{raw_path}: no such file or folder (for a hub dataset set validate.format: hf)"
+        )
     if raw_path.is_file():
         kind = _file_format(raw_path) if fmt == "auto" else fmt
         if kind is None:
-            raise DataError(f"{raw_path}: unknown format: expected {KNOWN_FILES} (or set validate.format)")
+            raise DataError(
+                f"{raw_path}: unknown format: expected {KNOWN_FILES} (or set validate.format)"
+            )
         return [(raw_path, kind)]
     inputs, unknown = [], []
     for f in sorted(raw_path.iterdir()):
@@ -366,11 +448,15 @@ def _inputs(raw_path: Path, fmt: str) -> list[tuple[Path, str]]:
         else:
             unknown.append(f.name + ("/" if f.is_dir() else ""))
     if unknown:
-        raise DataError(f"{raw_path}: cannot read {', '.join(unknown)}: a data folder holds {KNOWN_FILES}"
-                        f"{' or save_to_disk folders' if fmt == 'auto' else ''}; move the rest out "
-                        "(README*, LICENSE* and hidden files are ignored)")
+        raise DataError(
+            f"{raw_path}: cannot read {', '.join(unknown)}: a data folder holds {KNOWN_FILES}"
+            f"{' or save_to_disk folders' if fmt == 'auto' else ''}; move the rest out "
+            "(README*, LICENSE* and hidden files are ignored)"
+        )
     if not inputs:
-        raise DataError(f"{raw_path}: no .json, .jsonl, .csv or .parquet files or save_to_disk folders")
+        raise DataError(
+            f"{raw_path}: no .json, .jsonl, .csv or .parquet files or save_to_disk folders"
+        )
     return inputs
 
 
@@ -403,8 +489,10 @@ def _surrogate(value: Any) -> str | None:
 def _refuse_surrogates(row: dict[str, Any]) -> None:
     for name in ("id", "title", "question", "context", "question_type", "answers", "split"):
         if (ch := _surrogate(row[name])) is not None:
-            raise DataError(f"{row['source']} {row['row']}: {name} holds a lone surrogate U+{ord(ch):04X}, "
-                            "which is not Unicode text; fix the escape at the source")
+            raise DataError(
+                f"{row['source']} {row['row']}: {name} holds a lone surrogate U+{ord(ch):04X}, "
+                "which is not Unicode text; fix the escape at the source"
+            )
 
 
 def _require_splits(raw_path: Path, splits: pd.Series) -> None:
@@ -414,13 +502,17 @@ def _require_splits(raw_path: Path, splits: pd.Series) -> None:
     missing = [s for s in SPLITS if s not in present]
     if missing:
         named = f"only {', '.join(present)}" if present else "none of train, dev, test"
-        raise DataError(f"{raw_path}: no {' or '.join(missing)} split: the data names its splits (file "
-                        f"names, a split column or DatasetDict keys) but {named}; add the {missing[0]} "
-                        f"rows (e.g. a {missing[0]}.json beside the others), or name no split at all so "
-                        "that a hash of the context assigns train/dev/test 70/15/15")
+        raise DataError(
+            f"{raw_path}: no {' or '.join(missing)} split: the data names its splits (file "
+            f"names, a split column or DatasetDict keys) but {named}; add the {missing[0]} "
+            f"rows (e.g. a {missing[0]}.json beside the others), or name no split at all so "
+            "that a hash of the context assigns train/dev/test 70/15/15"
+        )
 
 
-def read_qa_records(raw_path: Path, fmt: str = "auto", *, require_splits: bool = False) -> pd.DataFrame:
+def read_qa_records(
+    raw_path: Path, fmt: str = "auto", *, require_splits: bool = False
+) -> pd.DataFrame:
     """Read every record under ``raw_path`` into one frame with ``source`` and ``row`` columns.
 
     ``require_splits`` (the validate stage): data that names splits must name train, dev and test.
@@ -446,8 +538,11 @@ def read_qa_records(raw_path: Path, fmt: str = "auto", *, require_splits: bool =
         df["split"] = [split_by_context(c) for c in df["context"]]
     elif require_splits:
         _require_splits(raw_path, df["split"])
-    df["id"] = pd.Series([str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in df["id"]],
-                         index=df.index, dtype=object)
+    df["id"] = pd.Series(
+        [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in df["id"]],
+        index=df.index,
+        dtype=object,
+    )
     return df
 
 
@@ -459,9 +554,15 @@ def split_by_context(context: Any) -> str:
 
 # --- checks: each one names one fault and never raises on odd values (other checks name those) ---
 
+
 def _well_formed(a: Any) -> bool:
-    return (isinstance(a, dict) and isinstance(a.get("text"), str) and a["text"] != ""
-            and isinstance(a.get("answer_start"), int) and not isinstance(a["answer_start"], bool))
+    return (
+        isinstance(a, dict)
+        and isinstance(a.get("text"), str)
+        and a["text"] != ""
+        and isinstance(a.get("answer_start"), int)
+        and not isinstance(a["answer_start"], bool)
+    )
 
 
 def _good_answers(answers: Any) -> list[tuple[str, int]]:
@@ -488,7 +589,9 @@ def _span_ok(context: Any, answers: Any) -> bool:
 
 
 def _fits_context(context: Any, answers: Any) -> bool:
-    return not isinstance(context, str) or all(len(t) <= len(context) for t, _ in _good_answers(answers))
+    return not isinstance(context, str) or all(
+        len(t) <= len(context) for t, _ in _good_answers(answers)
+    )
 
 
 def _no_edge_whitespace(answers: Any) -> bool:
@@ -497,8 +600,12 @@ def _no_edge_whitespace(answers: Any) -> bool:
 
 def _rowwise(fn: Callable[..., bool], *cols: str) -> Callable[[pd.DataFrame], pd.Series]:
     """A frame-level check that calls ``fn`` on each row's ``cols`` (faster than DataFrame.apply)."""
+
     def check(df: pd.DataFrame) -> pd.Series:
-        return pd.Series([fn(*vals) for vals in zip(*(df[c] for c in cols))], index=df.index, dtype=bool)
+        return pd.Series(
+            [fn(*vals) for vals in zip(*(df[c] for c in cols))], index=df.index, dtype=bool
+        )
+
     return check
 
 
@@ -512,12 +619,16 @@ def _unique_id(ids: pd.Series) -> pd.Series:
 
 
 def _first_in_split(df: pd.DataFrame) -> pd.Series:
-    return ~pd.DataFrame({c: _keys(df[c]) for c in ("split", "question", "context")}).duplicated(keep="first")
+    return ~pd.DataFrame({c: _keys(df[c]) for c in ("split", "question", "context")}).duplicated(
+        keep="first"
+    )
 
 
 def _no_leak(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     """False for rows whose key also appears in an earlier split (train, then dev, then test)."""
-    rank = df["split"].map(lambda s: SPLIT_RANK.get(s, len(SPLITS)) if isinstance(s, str) else len(SPLITS))
+    rank = df["split"].map(
+        lambda s: SPLIT_RANK.get(s, len(SPLITS)) if isinstance(s, str) else len(SPLITS)
+    )
     earliest = rank.groupby([_keys(df[k]) for k in keys], sort=False).transform("min")
     return rank == earliest
 
@@ -532,28 +643,41 @@ def build_schema(params: ValidateParams) -> pa.DataFrameSchema:
         return pa.Check(fn, element_wise=True, ignore_na=False, name=name)
 
     def text_checks(limit: int) -> list[pa.Check]:
-        return [each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_text"),
-                each(lambda v: not isinstance(v, str) or len(v) <= limit, f"at_most_{limit}_chars")]
+        return [
+            each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_text"),
+            each(lambda v: not isinstance(v, str) or len(v) <= limit, f"at_most_{limit}_chars"),
+        ]
 
     return pa.DataFrameSchema(
         {
-            "id": pa.Column(checks=[each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_id"),
-                                    pa.Check(_unique_id, ignore_na=False, name="unique_id")], nullable=True),
+            "id": pa.Column(
+                checks=[
+                    each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_id"),
+                    pa.Check(_unique_id, ignore_na=False, name="unique_id"),
+                ],
+                nullable=True,
+            ),
             "question": pa.Column(checks=text_checks(params.max_question_chars), nullable=True),
             "context": pa.Column(checks=text_checks(params.max_context_chars), nullable=True),
             "split": pa.Column(checks=each(lambda v: v in SPLITS, "known_split"), nullable=True),
         },
         checks=[
             pa.Check(_rowwise(_answers_well_formed, "answers"), name="malformed_answers"),
-            pa.Check(_rowwise(_impossible_matches, "is_impossible", "answers"),
-                     name="is_impossible_matches_answers"),
+            pa.Check(
+                _rowwise(_impossible_matches, "is_impossible", "answers"),
+                name="is_impossible_matches_answers",
+            ),
             pa.Check(_rowwise(_span_ok, "context", "answers"), name="answer_span_matches_context"),
-            pa.Check(_rowwise(_fits_context, "context", "answers"), name="answer_longer_than_context"),
+            pa.Check(
+                _rowwise(_fits_context, "context", "answers"), name="answer_longer_than_context"
+            ),
             pa.Check(_rowwise(_no_edge_whitespace, "answers"), name="answer_has_edge_whitespace"),
             pa.Check(_first_in_split, name="duplicate_question_on_context"),
             pa.Check(lambda df: _no_leak(df, ["context"]), name="context_in_two_splits"),
-            pa.Check(lambda df: _no_leak(df, ["question", "context"]),
-                     name="question_on_context_in_two_splits"),
+            pa.Check(
+                lambda df: _no_leak(df, ["question", "context"]),
+                name="question_on_context_in_two_splits",
+            ),
         ],
         coerce=False,
     )
@@ -561,17 +685,22 @@ def build_schema(params: ValidateParams) -> pa.DataFrameSchema:
 
 # --- lossless repairs (validate.repair): only where what the source meant is certain, each recorded ---
 
+
 @dataclass(frozen=True)
 class Repaired:
     """The rows after repairs and what was done to them, keyed by position in the frame as read."""
 
-    frame: pd.DataFrame  # the rows read, answers repaired, merged rows left out; index: position as read
+    frame: (
+        pd.DataFrame
+    )  # the rows read, answers repaired, merged rows left out; index: position as read
     records: dict[int, list[dict[str, Any]]]  # position -> the repairs made to that row, in order
-    merged_into: dict[int, int]  # position of a merged row -> position of the row that now holds its answers
+    merged_into: dict[
+        int, int
+    ]  # position of a merged row -> position of the row that now holds its answers
 
 
 def _span_at(context: str, text: str, start: int) -> bool:
-    return start >= 0 and context[start:start + len(text)] == text
+    return start >= 0 and context[start : start + len(text)] == text
 
 
 def _stripped(context: str, text: str, start: int) -> tuple[str, int] | None:
@@ -602,7 +731,10 @@ def _answer_repairs(context: str, text: str, start: int) -> list[tuple[str, str,
     whose start is right for its stripped text is not moved to another occurrence of the padded one."""
     if fixed := _stripped(context, text, start):
         return [("strip_answer_whitespace", *fixed)]
-    if _span_at(context, text, start) or (moved := _nearest_occurrence(context, text, start)) is None:
+    if (
+        _span_at(context, text, start)
+        or (moved := _nearest_occurrence(context, text, start)) is None
+    ):
         return []
     steps = [("shift_answer_start", text, moved)]
     if fixed := _stripped(context, text, moved):
@@ -619,8 +751,14 @@ def _repair_answers(context: Any, answers: Any) -> tuple[Any, list[dict[str, Any
         if _well_formed(a):
             text, start = a["text"], a["answer_start"]
             for kind, new_text, new_start in _answer_repairs(context, text, start):
-                records.append({"what": kind, "answer": k, "before": {"text": text, "answer_start": start},
-                                "after": {"text": new_text, "answer_start": new_start}})
+                records.append(
+                    {
+                        "what": kind,
+                        "answer": k,
+                        "before": {"text": text, "answer_start": start},
+                        "after": {"text": new_text, "answer_start": new_start},
+                    }
+                )
                 text, start = new_text, new_start
             if (text, start) != (a["text"], a["answer_start"]):
                 a = {**a, "text": text, "answer_start": start}
@@ -636,19 +774,30 @@ def _question_key(question: str) -> str:
 def _clean(row: Mapping[str, Any]) -> bool:
     """A row that passes every check of its own fields: the only kind merged, so a merge never carries
     a fault of one row into another (rows that are not clean are left to the checks, as without repair)."""
-    text_ok = all(isinstance(row[c], str) and row[c].strip() != "" for c in ("id", "question", "context"))
+    text_ok = all(
+        isinstance(row[c], str) and row[c].strip() != "" for c in ("id", "question", "context")
+    )
     answers = row["answers"]
-    return (text_ok and isinstance(row["split"], str) and _answers_well_formed(answers)
-            and _impossible_matches(row["is_impossible"], answers) and _span_ok(row["context"], answers)
-            and _fits_context(row["context"], answers) and _no_edge_whitespace(answers))
+    return (
+        text_ok
+        and isinstance(row["split"], str)
+        and _answers_well_formed(answers)
+        and _impossible_matches(row["is_impossible"], answers)
+        and _span_ok(row["context"], answers)
+        and _fits_context(row["context"], answers)
+        and _no_edge_whitespace(answers)
+    )
 
 
 def _mergeable(group: pd.DataFrame, id_counts: Counter[str]) -> bool:
     """Duplicates merge only when nothing is lost: all answerable or all unanswerable, the same title
     and question type, and ids that no row outside the group uses (else the merge would hide a clash)."""
-    return (group["is_impossible"].nunique() == 1 and group["title"].nunique() == 1
-            and group["question_type"].nunique() == 1
-            and all(id_counts[i] == n for i, n in Counter(group["id"]).items()))
+    return (
+        group["is_impossible"].nunique() == 1
+        and group["title"].nunique() == 1
+        and group["question_type"].nunique() == 1
+        and all(id_counts[i] == n for i, n in Counter(group["id"]).items())
+    )
 
 
 def repair_records(df: pd.DataFrame) -> Repaired:
@@ -667,7 +816,11 @@ def repair_records(df: pd.DataFrame) -> Repaired:
     records: dict[int, list[dict[str, Any]]] = {}
 
     def note(i: int, record: dict[str, Any]) -> None:
-        where = {"id": _shown_id(df.at[i, "id"]), "source": df.at[i, "source"], "row": df.at[i, "row"]}
+        where = {
+            "id": _shown_id(df.at[i, "id"]),
+            "source": df.at[i, "source"],
+            "row": df.at[i, "row"],
+        }
         records.setdefault(i, []).append({**where, **record})
 
     answers: dict[int, Any] = {}
@@ -679,8 +832,13 @@ def repair_records(df: pd.DataFrame) -> Repaired:
 
     merged_into: dict[int, int] = {}
     clean = df[[_clean(row) for row in df.to_dict("records")]]
-    keys = pd.DataFrame({"split": clean["split"], "question": clean["question"].map(_question_key),
-                         "context": clean["context"]})
+    keys = pd.DataFrame(
+        {
+            "split": clean["split"],
+            "question": clean["question"].map(_question_key),
+            "context": clean["context"],
+        }
+    )
     repeated = keys.duplicated(keep=False)
     id_counts = Counter(v for v in df["id"] if isinstance(v, str))
     for _, group in clean[repeated].groupby([keys[c][repeated] for c in keys], sort=False):
@@ -693,15 +851,30 @@ def repair_records(df: pd.DataFrame) -> Repaired:
             if (a["text"], a["answer_start"]) not in seen:
                 seen.add((a["text"], a["answer_start"]))
                 union.append(a)
-        kept = {"id": df.at[first, "id"], "source": df.at[first, "source"], "row": df.at[first, "row"]}
+        kept = {
+            "id": df.at[first, "id"],
+            "source": df.at[first, "source"],
+            "row": df.at[first, "row"],
+        }
         for j in rest:
             merged_into[j] = first
-            note(j, {"what": "merge_duplicate_question",
-                     "before": {"question": df.at[j, "question"], "answers": answers[j]},
-                     "after": {"merged_into": kept, "answers": union}})
+            note(
+                j,
+                {
+                    "what": "merge_duplicate_question",
+                    "before": {"question": df.at[j, "question"], "answers": answers[j]},
+                    "after": {"merged_into": kept, "answers": union},
+                },
+            )
         if len(union) > len(answers[first]):
-            note(first, {"what": "merge_duplicate_question", "before": {"answers": answers[first]},
-                         "after": {"answers": union, "merged_from": [df.at[j, "id"] for j in rest]}})
+            note(
+                first,
+                {
+                    "what": "merge_duplicate_question",
+                    "before": {"answers": answers[first]},
+                    "after": {"answers": union, "merged_from": [df.at[j, "id"] for j in rest]},
+                },
+            )
             answers[first] = union
     df["answers"] = pd.Series([answers[i] for i in df.index], index=df.index, dtype=object)
     return Repaired(df.drop(index=list(merged_into)), records, merged_into)
@@ -726,11 +899,18 @@ class ValidationSummary:
     failures_by_check: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows_in": self.rows_in, "accepted": sum(self.accepted.values()),
-                "repaired": sum(self.repaired.values()), "rejected": self.rejected, "merged": self.merged,
-                "accepted_by_split": self.accepted, "repaired_by_split": self.repaired,
-                "written_by_split": self.written, "repairs_by_kind": self.repairs_by_kind,
-                "failures_by_check": self.failures_by_check}
+        return {
+            "rows_in": self.rows_in,
+            "accepted": sum(self.accepted.values()),
+            "repaired": sum(self.repaired.values()),
+            "rejected": self.rejected,
+            "merged": self.merged,
+            "accepted_by_split": self.accepted,
+            "repaired_by_split": self.repaired,
+            "written_by_split": self.written,
+            "repairs_by_kind": self.repairs_by_kind,
+            "failures_by_check": self.failures_by_check,
+        }
 
 
 def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, list[str]]:
@@ -755,7 +935,9 @@ def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, lis
     return {i: sorted(labels) for i, labels in reasons.items()}
 
 
-def _failure_summary(df: pd.DataFrame, reasons: dict[int, list[str]], by_check: dict[str, int]) -> str:
+def _failure_summary(
+    df: pd.DataFrame, reasons: dict[int, list[str]], by_check: dict[str, int]
+) -> str:
     lines = [f"{len(reasons)} of {len(df)} rows failed validation:"]
     lines += [f"  {check}: {n}" for check, n in by_check.items()]
     for i in sorted(reasons)[:MAX_ROWS_SHOWN]:
@@ -763,7 +945,9 @@ def _failure_summary(df: pd.DataFrame, reasons: dict[int, list[str]], by_check: 
         lines.append(f"  {row['source']} {row['row']} id={row['id']!r}: {', '.join(reasons[i])}")
     if len(reasons) > MAX_ROWS_SHOWN:
         lines.append(f"  ... and {len(reasons) - MAX_ROWS_SHOWN} more")
-    lines.append("Fix the rows, or set validate.on_invalid: drop to write them to the rejected-rows file.")
+    lines.append(
+        "Fix the rows, or set validate.on_invalid: drop to write them to the rejected-rows file."
+    )
     return "\n".join(lines)
 
 
@@ -773,8 +957,15 @@ def _shown_id(v: Any) -> str | None:
     return v if v is None or isinstance(v, str) else repr(v)
 
 
-def validate_squad_records(raw_path: Path, out_dir: Path, rejected_path: Path, report_path: Path,
-                           params: ValidateParams, *, repairs_path: Path | None = None) -> ValidationSummary:
+def validate_squad_records(
+    raw_path: Path,
+    out_dir: Path,
+    rejected_path: Path,
+    report_path: Path,
+    params: ValidateParams,
+    *,
+    repairs_path: Path | None = None,
+) -> ValidationSummary:
     """Validate raw QA data and write ``out_dir/{train,dev,test}.jsonl``; raise on bad rows in fail mode.
 
     With ``params.repair`` the rows are repaired first (``repair_records``); the repairs of rows that are
@@ -784,7 +975,9 @@ def validate_squad_records(raw_path: Path, out_dir: Path, rejected_path: Path, r
     """
     df = read_qa_records(raw_path, params.format, require_splits=True).reset_index(drop=True)
     fixed = repair_records(df) if params.repair else Repaired(df, {}, {})
-    reasons = {int(fixed.frame.index[i]): r for i, r in find_invalid_rows(fixed.frame, params).items()}
+    reasons = {
+        int(fixed.frame.index[i]): r for i, r in find_invalid_rows(fixed.frame, params).items()
+    }
     for j, first in fixed.merged_into.items():
         if first in reasons:
             reasons[j] = sorted({*reasons[first], "duplicate_question_on_context"})
@@ -798,21 +991,39 @@ def validate_squad_records(raw_path: Path, out_dir: Path, rejected_path: Path, r
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             part = keep[keep["split"] == split]
-            written[split] = write_jsonl_atomic(tmp / f"{split}.jsonl",
-                                                part[OUTPUT_COLUMNS].to_dict("records"))
+            written[split] = write_jsonl_atomic(
+                tmp / f"{split}.jsonl", part[OUTPUT_COLUMNS].to_dict("records")
+            )
             repaired[split] = sum(1 for i in repairs if df.at[i, "split"] == split)
             accepted[split] = sum(1 for i in part.index if i not in repairs)
-    rejected_rows = [{"id": _shown_id(df.at[i, "id"]), "source": df.at[i, "source"], "row": df.at[i, "row"],
-                      "reasons": reasons[i]} for i in reasons]
+    rejected_rows = [
+        {
+            "id": _shown_id(df.at[i, "id"]),
+            "source": df.at[i, "source"],
+            "row": df.at[i, "row"],
+            "reasons": reasons[i],
+        }
+        for i in reasons
+    ]
     write_jsonl_atomic(rejected_path, rejected_rows)
     repair_rows = [record for i in sorted(repairs) for record in repairs[i]]
     write_jsonl_atomic(repairs_path or Path(rejected_path).parent / "repairs.jsonl", repair_rows)
     merged = sum(1 for j in fixed.merged_into if j not in reasons)
     summary = ValidationSummary(
-        rows_in=len(df), accepted=accepted, repaired=repaired, merged=merged, rejected=len(rejected_rows),
-        written=written, repairs_by_kind=dict(Counter(r["what"] for r in repair_rows).most_common()),
-        failures_by_check=by_check)
-    assert summary.rows_in == sum(accepted.values()) + sum(repaired.values()) + summary.rejected, "rows lost"
-    assert sum(written.values()) == sum(accepted.values()) + sum(repaired.values()) - merged, "lines lost"
+        rows_in=len(df),
+        accepted=accepted,
+        repaired=repaired,
+        merged=merged,
+        rejected=len(rejected_rows),
+        written=written,
+        repairs_by_kind=dict(Counter(r["what"] for r in repair_rows).most_common()),
+        failures_by_check=by_check,
+    )
+    assert summary.rows_in == sum(accepted.values()) + sum(repaired.values()) + summary.rejected, (
+        "rows lost"
+    )
+    assert sum(written.values()) == sum(accepted.values()) + sum(repaired.values()) - merged, (
+        "lines lost"
+    )
     write_json_atomic(report_path, summary.as_dict())
     return summary

@@ -45,23 +45,30 @@ class SpanDecision:
 
 
 @torch.inference_mode()
-def predict_logits(model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int,
-                   pad_id: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def predict_logits(
+    model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start/end logits per window; windows are batched by length so padding stays small."""
     device = next(model.parameters()).device
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     starts: list[np.ndarray | None] = [None] * len(features)
     ends: list[np.ndarray | None] = [None] * len(features)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]] if features else []
+    keys = (
+        [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]]
+        if features
+        else []
+    )
     for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+        idx = order[b : b + batch_size]
         width = max(len(features[i]["input_ids"]) for i in idx)
         batch = {}
         for k in keys:
             fill = pad_id if k == "input_ids" else 0
-            batch[k] = torch.tensor([list(features[i][k]) + [fill] * (width - len(features[i][k])) for i in idx],
-                                    device=device)
+            batch[k] = torch.tensor(
+                [list(features[i][k]) + [fill] * (width - len(features[i][k])) for i in idx],
+                device=device,
+            )
         out = model(**batch)
         s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for j, i in enumerate(idx):
@@ -84,9 +91,13 @@ def _trim_whitespace(context: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def decode_best_spans(features: Sequence[dict[str, Any]], start_logits: Sequence[np.ndarray],
-                      end_logits: Sequence[np.ndarray], contexts: Sequence[str],
-                      params: DecodeParams) -> list[SpanDecision]:
+def decode_best_spans(
+    features: Sequence[dict[str, Any]],
+    start_logits: Sequence[np.ndarray],
+    end_logits: Sequence[np.ndarray],
+    contexts: Sequence[str],
+    params: DecodeParams,
+) -> list[SpanDecision]:
     """One SpanDecision per context/question, combining all of its windows."""
     by_example: dict[int, list[int]] = defaultdict(list)
     for f_i, feat in enumerate(features):
@@ -119,13 +130,22 @@ def decode_best_spans(features: Sequence[dict[str, Any]], start_logits: Sequence
         best_score, start, end = candidates[0]
         scores = np.array([null_score] + [c[0] for c in candidates[: params.n_best]])
         probs = np.exp(scores - scores.max())
-        decisions.append(SpanDecision(context[start:end], start, end, best_score, null_score,
-                                      float(probs[1] / probs.sum())))
+        decisions.append(
+            SpanDecision(
+                context[start:end],
+                start,
+                end,
+                best_score,
+                null_score,
+                float(probs[1] / probs.sum()),
+            )
+        )
     return decisions
 
 
-def tune_null_threshold(decisions: Sequence[SpanDecision], golds: Sequence[Sequence[str]],
-                        f1_of: Any) -> tuple[float, float]:
+def tune_null_threshold(
+    decisions: Sequence[SpanDecision], golds: Sequence[Sequence[str]], f1_of: Any
+) -> tuple[float, float]:
     """The abstention threshold that maximises mean F1 on these questions, and that F1.
 
     ``f1_of(prediction, golds)`` scores one prediction. Candidate thresholds are just below each

@@ -82,7 +82,9 @@ class GpuFacts:
 
     index: int
     name: str
-    arch: str  # gcnArchName on AMD (with feature flags, e.g. gfx90a:sramecc+:xnack-), sm_XY on NVIDIA
+    arch: (
+        str  # gcnArchName on AMD (with feature flags, e.g. gfx90a:sramecc+:xnack-), sm_XY on NVIDIA
+    )
     memory_gib: float
     bf16: bool
 
@@ -138,7 +140,11 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
         g = _gpu_facts(0)
         backend = "rocm" if torch.version.hip is not None else "cuda"
         return DeviceInfo(backend, "cuda", g.name, g.base_arch, g.bf16)
-    if requested in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if (
+        requested in ("auto", "mps")
+        and getattr(torch.backends, "mps", None)
+        and torch.backends.mps.is_available()
+    ):
         return DeviceInfo("mps", "mps", "Apple GPU", "mps", False)
     if requested not in ("auto", "cpu"):
         raise RuntimeError(f"train.device is {requested!r} but torch sees no such device")
@@ -190,6 +196,7 @@ def keep_freed_memory() -> bool:
 
 # --- doctor: gathering facts (the only impure part) -------------------------------------------------
 
+
 def _kfd_gpu_count(topology: Path = Path("/sys/class/kfd/kfd/topology/nodes")) -> int | None:
     """GPUs the amdgpu driver exposes to ROCm (KFD nodes with SIMDs; CPU nodes have none)."""
     if not topology.is_dir():
@@ -224,19 +231,26 @@ def gather_facts() -> HostFacts:
     tools = tuple(t for t in ROCM_TOOLS if shutil.which(t) or Path("/opt/rocm/bin", t).exists())
     mps = getattr(torch.backends, "mps", None)
     return HostFacts(
-        torch_version=torch.__version__, hip_version=torch.version.hip, cuda_version=torch.version.cuda,
+        torch_version=torch.__version__,
+        hip_version=torch.version.hip,
+        cuda_version=torch.version.cuda,
         gpu_available=available,
         gpus=tuple(_gpu_facts(i) for i in range(torch.cuda.device_count())) if available else (),
         compiled_archs=tuple(torch.cuda.get_arch_list()),
         mps_available=bool(mps and mps.is_available()),
-        kfd_exists=kfd.exists(), kfd_accessible=os.access(kfd, os.R_OK | os.W_OK),
-        rocm_tools=tools, amd_gpu_count=_kfd_gpu_count(), nvidia_gpu_count=_nvidia_gpu_count(),
-        env={k: os.environ[k] for k in ROCM_ENV_VARS if k in os.environ}, cpu_name=_cpu_name(),
+        kfd_exists=kfd.exists(),
+        kfd_accessible=os.access(kfd, os.R_OK | os.W_OK),
+        rocm_tools=tools,
+        amd_gpu_count=_kfd_gpu_count(),
+        nvidia_gpu_count=_nvidia_gpu_count(),
+        env={k: os.environ[k] for k in ROCM_ENV_VARS if k in os.environ},
+        cpu_name=_cpu_name(),
         machine=platform.machine(),
     )
 
 
 # --- doctor: pure functions of the facts -------------------------------------------------------------
+
 
 def backend_of(f: HostFacts) -> str:
     """rocm | cuda | mps | cpu: where train.device auto puts training."""
@@ -284,24 +298,38 @@ def describe(f: HostFacts) -> list[str]:
     """The facts doctor prints: build, backend and precision, devices, probes, environment."""
     info = device_info_of(f)
     precision, why = explain_precision("auto", info)
-    lines = [f"torch {f.torch_version} (HIP {f.hip_version or 'none'}, CUDA {f.cuda_version or 'none'})",
-             f"backend: {backend_of(f)}; training device: {info.device}; auto precision: {precision} ({why})"]
+    lines = [
+        f"torch {f.torch_version} (HIP {f.hip_version or 'none'}, CUDA {f.cuda_version or 'none'})",
+        f"backend: {backend_of(f)}; training device: {info.device}; auto precision: {precision} ({why})",
+    ]
     if f.compiled_archs:
         lines.append(f"torch has kernels for: {' '.join(f.compiled_archs)}")
     for g in f.gpus:
-        line = (f"device {g.index}: {g.name}; arch {g.arch}; memory {g.memory_gib:.1f} GiB; "
-                f"bf16: {'yes' if g.bf16 else 'no'}")
+        line = (
+            f"device {g.index}: {g.name}; arch {g.arch}; memory {g.memory_gib:.1f} GiB; "
+            f"bf16: {'yes' if g.bf16 else 'no'}"
+        )
         if f.hip_version:
             line += f"; AMD support: {amd_support(f, g.arch)}"
         lines.append(line)
     if not f.gpus:
         bf16 = "not used on CPU" if info.backend == "cpu" else ("yes" if info.bf16 else "no")
         lines.append(f"device: {info.name} ({info.arch}); bf16: {bf16}")
-    kfd = ("present, accessible" if f.kfd_accessible else "present, NOT accessible") if f.kfd_exists else "absent"
+    kfd = (
+        ("present, accessible" if f.kfd_accessible else "present, NOT accessible")
+        if f.kfd_exists
+        else "absent"
+    )
     amd_count = "unknown" if f.amd_gpu_count is None else str(f.amd_gpu_count)
-    lines.append(f"AMD: /dev/kfd {kfd}; GPUs in KFD topology: {amd_count}; "
-                 f"ROCm tools: {', '.join(f.rocm_tools) or 'none'}")
-    nvidia = "no nvidia-smi" if f.nvidia_gpu_count is None else f"nvidia-smi lists {f.nvidia_gpu_count} GPU(s)"
+    lines.append(
+        f"AMD: /dev/kfd {kfd}; GPUs in KFD topology: {amd_count}; "
+        f"ROCm tools: {', '.join(f.rocm_tools) or 'none'}"
+    )
+    nvidia = (
+        "no nvidia-smi"
+        if f.nvidia_gpu_count is None
+        else f"nvidia-smi lists {f.nvidia_gpu_count} GPU(s)"
+    )
     lines.append(f"NVIDIA: {nvidia}")
     lines.append("environment:")
     for var, meaning in ROCM_ENV_VARS.items():
@@ -328,8 +356,10 @@ def _visible_device_warnings(f: HostFacts) -> list[str]:
         value = f.env[var].strip()
         if not value:
             if physical:
-                warnings.append(f"{var} is set but empty, which hides every GPU: unset it "
-                                f"(or list the GPUs to use, e.g. {var}=0)")
+                warnings.append(
+                    f"{var} is set but empty, which hides every GPU: unset it "
+                    f"(or list the GPUs to use, e.g. {var}=0)"
+                )
             continue
         limit = physical if var == "ROCR_VISIBLE_DEVICES" else after_rocr
         if limit is None:
@@ -337,8 +367,10 @@ def _visible_device_warnings(f: HostFacts) -> list[str]:
         bad = [p for p in value.split(",") if p.strip().isdigit() and int(p) >= limit]
         if bad:
             valid = f"0-{limit - 1}" if limit > 1 else ("0" if limit == 1 else "none")
-            warnings.append(f"{var}={value} names GPU {', '.join(bad)} but only {limit} exist(s) (valid: {valid}); "
-                            f"torch sees fewer or no GPUs: fix or unset {var}")
+            warnings.append(
+                f"{var}={value} names GPU {', '.join(bad)} but only {limit} exist(s) (valid: {valid}); "
+                f"torch sees fewer or no GPUs: fix or unset {var}"
+            )
     return warnings
 
 
@@ -350,49 +382,69 @@ def diagnose(f: HostFacts) -> list[str]:
     if amd_present and f.hip_version is None and not f.gpu_available:
         build = "CUDA" if f.cuda_version else "CPU"
         seen = "/dev/kfd exists" if f.kfd_exists else f"{'/'.join(f.rocm_tools)} found"
-        warnings.append(f"this machine has an AMD GPU ({seen}) but torch is a {build} build: install the ROCm "
-                        f"build: {reinstall} {ROCM_TORCH_INDEX} (or delete .venv and run "
-                        "MEDQA_TORCH=rocm make pipeline)")
+        warnings.append(
+            f"this machine has an AMD GPU ({seen}) but torch is a {build} build: install the ROCm "
+            f"build: {reinstall} {ROCM_TORCH_INDEX} (or delete .venv and run "
+            "MEDQA_TORCH=rocm make pipeline)"
+        )
     if f.nvidia_gpu_count and f.hip_version is None and f.cuda_version is None:
-        warnings.append("nvidia-smi lists an NVIDIA GPU but torch is a CPU build: install the CUDA build: "
-                        ".venv/bin/pip uninstall -y torch && .venv/bin/pip install torch (Linux wheels on "
-                        "PyPI are CUDA builds), or delete .venv and run MEDQA_TORCH=cuda make pipeline")
+        warnings.append(
+            "nvidia-smi lists an NVIDIA GPU but torch is a CPU build: install the CUDA build: "
+            ".venv/bin/pip uninstall -y torch && .venv/bin/pip install torch (Linux wheels on "
+            "PyPI are CUDA builds), or delete .venv and run MEDQA_TORCH=cuda make pipeline"
+        )
     if f.cuda_version and f.nvidia_gpu_count is not None and not f.gpu_available:
-        warnings.append("CUDA build of torch but no GPU visible: check the driver (nvidia-smi) and "
-                        "CUDA_VISIBLE_DEVICES")
+        warnings.append(
+            "CUDA build of torch but no GPU visible: check the driver (nvidia-smi) and "
+            "CUDA_VISIBLE_DEVICES"
+        )
     if f.kfd_exists and not f.kfd_accessible:
-        warnings.append("/dev/kfd exists but this user cannot open it: add the user to the render and video "
-                        "groups (sudo usermod -aG render,video $USER, then log in again); in Docker pass "
-                        "--device=/dev/kfd --device=/dev/dri --group-add video")
+        warnings.append(
+            "/dev/kfd exists but this user cannot open it: add the user to the render and video "
+            "groups (sudo usermod -aG render,video $USER, then log in again); in Docker pass "
+            "--device=/dev/kfd --device=/dev/dri --group-add video"
+        )
     if f.hip_version and not f.gpu_available:
         if not f.kfd_exists:
-            warnings.append("ROCm build of torch but no /dev/kfd: the amdgpu driver is not loaded, or this is "
-                            "a container started without --device=/dev/kfd --device=/dev/dri")
+            warnings.append(
+                "ROCm build of torch but no /dev/kfd: the amdgpu driver is not loaded, or this is "
+                "a container started without --device=/dev/kfd --device=/dev/dri"
+            )
         elif f.kfd_accessible:
-            warnings.append("ROCm build of torch but no GPU visible: check HIP_VISIBLE_DEVICES / "
-                            "ROCR_VISIBLE_DEVICES, and that the ROCm driver is recent enough for "
-                            f"torch's HIP {f.hip_version}")
+            warnings.append(
+                "ROCm build of torch but no GPU visible: check HIP_VISIBLE_DEVICES / "
+                "ROCR_VISIBLE_DEVICES, and that the ROCm driver is recent enough for "
+                f"torch's HIP {f.hip_version}"
+            )
     warnings += _visible_device_warnings(f)
 
     override = f.env.get("HSA_OVERRIDE_GFX_VERSION")
     if override is not None and not re.fullmatch(r"\d+\.\d+\.\d+", override.strip()):
-        warnings.append(f"HSA_OVERRIDE_GFX_VERSION={override} is not of the form major.minor.stepping: "
-                        "write e.g. 10.3.0 for gfx1030 or 11.0.0 for gfx1100")
+        warnings.append(
+            f"HSA_OVERRIDE_GFX_VERSION={override} is not of the form major.minor.stepping: "
+            "write e.g. 10.3.0 for gfx1030 or 11.0.0 for gfx1100"
+        )
     for g in f.gpus if f.hip_version else ():
         if override and "instinct" in g.name.lower():
-            warnings.append(f"HSA_OVERRIDE_GFX_VERSION={override} is set on {g.name}, a supported GPU: unset it "
-                            "(it makes ROCm load kernels built for another architecture)")
+            warnings.append(
+                f"HSA_OVERRIDE_GFX_VERSION={override} is set on {g.name}, a supported GPU: unset it "
+                "(it makes ROCm load kernels built for another architecture)"
+            )
         if amd_support(f, g.arch) != "none":
             continue
-        msg = f"device {g.index} ({g.name}) is {g.base_arch}, which this torch has no kernels for: GPU work fails " \
-              "(hipErrorNoBinaryForGpu, 'invalid device function')"
+        msg = (
+            f"device {g.index} ({g.name}) is {g.base_arch}, which this torch has no kernels for: GPU work fails "
+            "(hipErrorNoBinaryForGpu, 'invalid device function')"
+        )
         suggestion = hsa_override_for(g.arch)
         if override:
             msg += f"; HSA_OVERRIDE_GFX_VERSION={override} does not map it to an architecture torch was built for"
         elif suggestion:
-            msg += (f". Unsupported workaround: export HSA_OVERRIDE_GFX_VERSION={suggestion} to run it as "
-                    f"{'gfx1030 (RDNA2)' if suggestion == '10.3.0' else 'gfx1100 (RDNA3)'}; AMD does not "
-                    "support this and results are not guaranteed")
+            msg += (
+                f". Unsupported workaround: export HSA_OVERRIDE_GFX_VERSION={suggestion} to run it as "
+                f"{'gfx1030 (RDNA2)' if suggestion == '10.3.0' else 'gfx1100 (RDNA3)'}; AMD does not "
+                "support this and results are not guaranteed"
+            )
         else:
             msg += "; use a GPU on AMD's supported list (medqa README) or train on CPU"
         warnings.append(msg)

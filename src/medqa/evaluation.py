@@ -28,7 +28,13 @@ from typing import Any
 import mlflow
 from transformers import PreTrainedModel
 
-from medqa.atomic import read_jsonl, strict_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medqa.atomic import (
+    read_jsonl,
+    strict_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from medqa.baselines import lexical_answer
 from medqa.config import DecodeParams, EvaluateParams, ValidateParams
 from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
@@ -40,8 +46,14 @@ from medqa.scoring import decide, decide_timed, f1_of, gold_texts, summarize
 from medqa.tracking import configure_tracking, file_md5
 
 
-def measure_speed(model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int,
-                  batched_seconds: float, n_single: int = 30) -> dict[str, float]:
+def measure_speed(
+    model: PreTrainedModel,
+    features: Sequence[dict[str, Any]],
+    batch_size: int,
+    pad_id: int,
+    batched_seconds: float,
+    n_single: int = 30,
+) -> dict[str, float]:
     """Batched questions/s and p50/p95 latency of one question (all of its windows) at a time.
 
     ``batched_seconds`` is the timed forward over all of ``features`` in batches of ``batch_size``
@@ -60,26 +72,46 @@ def measure_speed(model: PreTrainedModel, features: Sequence[dict[str, Any]], ba
         predict_logits(model, ex, batch_size, pad_id)
         singles.append((time.perf_counter() - t0) * 1000)
     q = statistics.quantiles(singles, n=20) if len(singles) > 1 else singles * 19
-    return {"questions_per_s": qps, "batched_pass_s": batched_seconds, "latency_p50_ms": statistics.median(singles),
-            "latency_p95_ms": q[18]}
+    return {
+        "questions_per_s": qps,
+        "batched_pass_s": batched_seconds,
+        "latency_p50_ms": statistics.median(singles),
+        "latency_p95_ms": q[18],
+    }
 
 
-def error_report(records: Sequence[dict[str, Any]], by_type: dict[str, dict[str, float]], per_type: int = 3,
-                 split: str = "test split") -> str:
+def error_report(
+    records: Sequence[dict[str, Any]],
+    by_type: dict[str, dict[str, float]],
+    per_type: int = 3,
+    split: str = "test split",
+) -> str:
     """Markdown: F1 per question type, worst first, with that type's lowest-scoring questions."""
-    lines = [f"# Error report ({split})", "", "| question type | n | EM | F1 |", "|---|---|---|---|"]
+    lines = [
+        f"# Error report ({split})",
+        "",
+        "| question type | n | EM | F1 |",
+        "|---|---|---|---|",
+    ]
     worst_types = sorted(by_type.items(), key=lambda kv: kv[1]["f1"])
     lines += [f"| {t} | {v['n']} | {v['exact']:.3f} | {v['f1']:.3f} |" for t, v in worst_types]
     for t, _ in worst_types:
-        rows = sorted((r for r in records if (r.get("question_type") or "unlabelled") == t), key=lambda r: r["f1"])
+        rows = sorted(
+            (r for r in records if (r.get("question_type") or "unlabelled") == t),
+            key=lambda r: r["f1"],
+        )
         lines += ["", f"## {t}", ""]
         for r in rows[:per_type]:
             gold = " | ".join(r["gold_answers"]) or "(no answer)"
-            lines.append(f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {r['prediction'] or '(abstained)'}")
+            lines.append(
+                f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {r['prediction'] or '(abstained)'}"
+            )
     return "\n".join(lines) + "\n"
 
 
-def _load_split(features_dir: Path, validated_dir: Path, split: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _load_split(
+    features_dir: Path, validated_dir: Path, split: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from datasets import load_from_disk
 
     rows = read_jsonl(Path(validated_dir) / f"{split}.jsonl")
@@ -87,29 +119,56 @@ def _load_split(features_dir: Path, validated_dir: Path, split: str) -> tuple[li
     return (load_from_disk(str(path)).to_list() if rows and path.exists() else []), rows
 
 
-def _tuned_predictions(model: PreTrainedModel, dev: tuple, test: tuple, decode: DecodeParams,
-                       batch_size: int, pad_id: int) -> tuple[float, list[SpanDecision], float, dict[str, Any]]:
+def _tuned_predictions(
+    model: PreTrainedModel,
+    dev: tuple,
+    test: tuple,
+    decode: DecodeParams,
+    batch_size: int,
+    pad_id: int,
+) -> tuple[float, list[SpanDecision], float, dict[str, Any]]:
     """Threshold tuned on dev, the test decisions it will be applied to, the test pass's seconds,
     and dev EM/F1 at that threshold (the figure a recipe study selects on)."""
     dev_dec = decide(model, dev[0], dev[1], decode, batch_size, pad_id)
-    thr, _ = tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of) if dev_dec else (0.0, 0.0)
+    thr, _ = (
+        tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of)
+        if dev_dec
+        else (0.0, 0.0)
+    )
     dev_scores = summarize([d.answer(thr) for d in dev_dec], dev[1]) if dev_dec else {}
     return (thr, *decide_timed(model, test[0], test[1], decode, batch_size, pad_id), dev_scores)
 
 
-def _prediction_records(rows: Sequence[dict[str, Any]], preds: Sequence[str],
-                        decisions: Sequence[SpanDecision]) -> list[dict[str, Any]]:
+def _prediction_records(
+    rows: Sequence[dict[str, Any]], preds: Sequence[str], decisions: Sequence[SpanDecision]
+) -> list[dict[str, Any]]:
     """One predictions.jsonl line per question: the prediction, its score and margin, EM and F1."""
-    return [{"id": r["id"], "question": r["question"], "question_type": r.get("question_type"),
-             "gold_answers": gold_texts(r), "prediction": p, "score": d.answer_prob if p else 1 - d.answer_prob,
-             "margin": d.margin, **dict(zip(("exact", "f1"), score_question(p, gold_texts(r))))}
-            for r, p, d in zip(rows, preds, decisions)]
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"],
+            "question_type": r.get("question_type"),
+            "gold_answers": gold_texts(r),
+            "prediction": p,
+            "score": d.answer_prob if p else 1 - d.answer_prob,
+            "margin": d.margin,
+            **dict(zip(("exact", "f1"), score_question(p, gold_texts(r)))),
+        }
+        for r, p, d in zip(rows, preds, decisions)
+    ]
 
 
-def _write_reports(reports_dir: Path, report: dict[str, Any], decoding: dict[str, Any],
-                   records: list[dict[str, Any]], split: str) -> None:
+def _write_reports(
+    reports_dir: Path,
+    report: dict[str, Any],
+    decoding: dict[str, Any],
+    records: list[dict[str, Any]],
+    split: str,
+) -> None:
     write_jsonl_atomic(reports_dir / "predictions.jsonl", records)
-    write_text_atomic(reports_dir / "errors.md", error_report(records, report.get("by_type", {}), split=split))
+    write_text_atomic(
+        reports_dir / "errors.md", error_report(records, report.get("by_type", {}), split=split)
+    )
     write_json_atomic(reports_dir / "decoding.json", decoding)
     write_json_atomic(reports_dir / "metrics.json", report)
 
@@ -126,14 +185,19 @@ def completed_curve(model_dir: Path, dev_scores: dict[str, Any]) -> list[dict[st
     return curve
 
 
-def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path, reports_dir: Path,
-                        base_model: str, params: EvaluateParams) -> dict[str, Any]:
+def evaluate_checkpoint(
+    model_dir: Path,
+    features_dir: Path,
+    validated_dir: Path,
+    reports_dir: Path,
+    base_model: str,
+    params: EvaluateParams,
+) -> dict[str, Any]:
     """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding."""
     from transformers import set_seed
 
-    from medqa.modelsource import load_qa_model, load_tokenizer
-
     from medqa.device import keep_freed_memory
+    from medqa.modelsource import load_qa_model, load_tokenizer
 
     keep_freed_memory()
     model_dir, reports_dir = Path(model_dir), Path(reports_dir)
@@ -141,10 +205,14 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     tokenizer = load_tokenizer(str(model_dir))
     pad_id = tokenizer.pad_token_id or 0
     model = to_inference_device(load_qa_model(str(model_dir)))
-    dev, test = _load_split(features_dir, validated_dir, "dev"), _load_split(features_dir, validated_dir, "test")
+    dev, test = (
+        _load_split(features_dir, validated_dir, "dev"),
+        _load_split(features_dir, validated_dir, "test"),
+    )
     test_rows = test[1]
-    thr, test_dec, test_seconds, dev_scores = _tuned_predictions(model, dev, test, params.decode, params.batch_size,
-                                                                 pad_id)
+    thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
+        model, dev, test, params.decode, params.batch_size, pad_id
+    )
     preds = [d.answer(thr) for d in test_dec]
     metrics = summarize(preds, test_rows, params.bootstrap_samples)
     speed = measure_speed(model, test[0], params.batch_size, pad_id, test_seconds)
@@ -152,42 +220,79 @@ def evaluate_checkpoint(model_dir: Path, features_dir: Path, validated_dir: Path
     # Baselines on the same split in the same run.
     lexical = summarize([lexical_answer(r["question"], r["context"]) for r in test_rows], test_rows)
     set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
-    base_dec = decide(to_inference_device(load_qa_model(base_model)), test[0], test_rows, params.decode,
-                      params.batch_size, pad_id)
+    base_dec = decide(
+        to_inference_device(load_qa_model(base_model)),
+        test[0],
+        test_rows,
+        params.decode,
+        params.batch_size,
+        pad_id,
+    )
     # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
     # bound (and one dev pass is saved).
-    base_thr, _ = tune_null_threshold(base_dec, [gold_texts(r) for r in test_rows], f1_of) if base_dec else (0.0, 0.0)
+    base_thr, _ = (
+        tune_null_threshold(base_dec, [gold_texts(r) for r in test_rows], f1_of)
+        if base_dec
+        else (0.0, 0.0)
+    )
     untrained = summarize([d.answer(base_thr) for d in base_dec], test_rows)
     baselines = {"lexical_window": lexical["f1"], "base_model_untrained": untrained["f1"]}
     best_name = max(baselines, key=baselines.get)
 
-    report = {"split": "test", **metrics, "dev_f1": dev_scores.get("f1"), "dev_exact": dev_scores.get("exact"),
-              "null_threshold": thr, "baselines_f1": baselines,
-              "best_baseline": best_name, "lead_over_best_baseline": metrics["f1"] - baselines[best_name],
-              "test_md5": file_md5(Path(validated_dir) / "test.jsonl"),
-              "speed": speed, "speed_device": str(model.device), "backend": config.get("backend")}
-    decoding = {"n_best": params.decode.n_best, "max_answer_length": params.decode.max_answer_length,
-                "null_threshold": thr, "max_seq_length": config["max_seq_length"],
-                "doc_stride": config["doc_stride"]}
-    _write_reports(reports_dir, report, decoding, _prediction_records(test_rows, preds, test_dec), "test split")
+    report = {
+        "split": "test",
+        **metrics,
+        "dev_f1": dev_scores.get("f1"),
+        "dev_exact": dev_scores.get("exact"),
+        "null_threshold": thr,
+        "baselines_f1": baselines,
+        "best_baseline": best_name,
+        "lead_over_best_baseline": metrics["f1"] - baselines[best_name],
+        "test_md5": file_md5(Path(validated_dir) / "test.jsonl"),
+        "speed": speed,
+        "speed_device": str(model.device),
+        "backend": config.get("backend"),
+    }
+    decoding = {
+        "n_best": params.decode.n_best,
+        "max_answer_length": params.decode.max_answer_length,
+        "null_threshold": thr,
+        "max_seq_length": config["max_seq_length"],
+        "doc_stride": config["doc_stride"],
+    }
+    _write_reports(
+        reports_dir, report, decoding, _prediction_records(test_rows, preds, test_dec), "test split"
+    )
     curve = completed_curve(model_dir, dev_scores)
     if curve is not None:
         write_json_atomic(reports_dir / "train_curve.json", curve)
     if config.get("run_id"):
         configure_tracking()
         with mlflow.start_run(run_id=config["run_id"]):
-            mlflow.log_metrics({"test_f1": metrics["f1"], "test_em": metrics["exact"],
-                                "test_has_ans_f1": metrics["has_ans_f1"], "test_no_ans_f1": metrics["no_ans_f1"],
-                                "null_threshold": thr, "lead_over_best_baseline": report["lead_over_best_baseline"]}
-                               | {f"baseline_f1_{k}": v for k, v in baselines.items()}
-                               | {k: v for k, v in speed.items()})
+            mlflow.log_metrics(
+                {
+                    "test_f1": metrics["f1"],
+                    "test_em": metrics["exact"],
+                    "test_has_ans_f1": metrics["has_ans_f1"],
+                    "test_no_ans_f1": metrics["no_ans_f1"],
+                    "null_threshold": thr,
+                    "lead_over_best_baseline": report["lead_over_best_baseline"],
+                }
+                | {f"baseline_f1_{k}": v for k, v in baselines.items()}
+                | {k: v for k, v in speed.items()}
+            )
             if curve and dev_scores:
-                mlflow.log_metrics({"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]}, step=curve[-1]["epoch"])
+                mlflow.log_metrics(
+                    {"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]},
+                    step=curve[-1]["epoch"],
+                )
             mlflow.log_dict(strict_json(report), "evaluation/metrics.json")
     return report
 
 
-def validate_eval_file(path: Path, params: ValidateParams) -> tuple[list[dict[str, Any]], list[str]]:
+def validate_eval_file(
+    path: Path, params: ValidateParams
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a user's data file checked by the validate stage's rules, and a label per row.
 
     The whole file is one evaluation set: its rows are put in one split, so split names and
@@ -202,14 +307,18 @@ def validate_eval_file(path: Path, params: ValidateParams) -> tuple[list[dict[st
     if reasons:
         i = min(reasons)
         more = f" ({len(reasons) - 1} more rows fail validation)" if len(reasons) > 1 else ""
-        raise DataError(f"{df.loc[i, 'source']} {df.loc[i, 'row']} id={df.loc[i, 'id']!r}: "
-                        f"{', '.join(reasons[i])}{more}")
+        raise DataError(
+            f"{df.loc[i, 'source']} {df.loc[i, 'row']} id={df.loc[i, 'id']!r}: "
+            f"{', '.join(reasons[i])}{more}"
+        )
     # through JSON, as the validate stage writes them, so the rows are the ones a pipeline run would see
     rows = [json.loads(json.dumps(r, default=str)) for r in df[OUTPUT_COLUMNS].to_dict("records")]
     return rows, [f"{s} {r}" for s, r in zip(df["source"], df["row"])]
 
 
-def load_eval_rows(split: str, validated_dir: Path, params: ValidateParams) -> tuple[list[dict[str, Any]], list[str]]:
+def load_eval_rows(
+    split: str, validated_dir: Path, params: ValidateParams
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and row labels of a validated split (train, dev or test) or of a data file to validate."""
     from medqa.data import SPLITS
 
@@ -244,8 +353,15 @@ def default_reports_dir(model: str, split: str, now: datetime | None = None) -> 
     return Path("reports") / f"eval-{slug}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
 
 
-def evaluate_model(model: str, split: str, validated_dir: Path, reports_dir: Path, validate: ValidateParams,
-                   params: EvaluateParams, decoding_file: Path | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model: str,
+    split: str,
+    validated_dir: Path,
+    reports_dir: Path,
+    validate: ValidateParams,
+    params: EvaluateParams,
+    decoding_file: Path | None = None,
+) -> dict[str, Any]:
     """Score a saved model folder or a registered model (models:/name@alias, models:/name/version) on
     a validated split or a user's data file, as the model is served: its own tokenizer, windows,
     decoding and recorded abstention threshold (nothing is re-tuned, so dev is fair game too).
@@ -253,7 +369,9 @@ def evaluate_model(model: str, split: str, validated_dir: Path, reports_dir: Pat
     Writes metrics.json, predictions.jsonl, errors.md and decoding.json (the settings used) to
     ``reports_dir``, with the lexical baseline beside the model; nothing is logged to MLflow.
     """
-    rows, labels = load_eval_rows(split, validated_dir, validate)  # bad data fails before any download
+    rows, labels = load_eval_rows(
+        split, validated_dir, validate
+    )  # bad data fails before any download
     name = version = None
     with tempfile.TemporaryDirectory(prefix="medqa-eval-") as tmp:
         if model.startswith("models:/"):
@@ -264,22 +382,42 @@ def evaluate_model(model: str, split: str, validated_dir: Path, reports_dir: Pat
         else:
             folder = Path(model)
         saved = load_saved_model(folder, decoding_file)
-        threshold_from = (f"models:/{name}/{version} (its decoding.json)" if version and not decoding_file
-                          else str(saved.settings_file))
+        threshold_from = (
+            f"models:/{name}/{version} (its decoding.json)"
+            if version and not decoding_file
+            else str(saved.settings_file)
+        )
         decisions, features, seconds = score_saved_model(saved, rows, labels, params.batch_size)
         pad_id = saved.tokenizer.pad_token_id or 0
         speed = measure_speed(saved.model, features, params.batch_size, pad_id, seconds)
     preds = [d.answer(saved.threshold) for d in decisions]
     metrics = summarize(preds, rows, params.bootstrap_samples)
     lexical = summarize([lexical_answer(r["question"], r["context"]) for r in rows], rows)
-    report = {"split": split, "model": model, "model_version": version, **metrics,
-              "null_threshold": saved.threshold, "threshold_from": threshold_from,
-              "baselines_f1": {"lexical_window": lexical["f1"]}, "best_baseline": "lexical_window",
-              "lead_over_best_baseline": metrics["f1"] - lexical["f1"],
-              "speed": speed, "speed_device": str(saved.model.device)}
-    decoding = {"n_best": saved.decode.n_best, "max_answer_length": saved.decode.max_answer_length,
-                "null_threshold": saved.threshold, "max_seq_length": saved.tokenize.max_seq_length,
-                "doc_stride": saved.tokenize.doc_stride}
-    _write_reports(Path(reports_dir), report, decoding, _prediction_records(rows, preds, decisions),
-                   _split_label(split))
+    report = {
+        "split": split,
+        "model": model,
+        "model_version": version,
+        **metrics,
+        "null_threshold": saved.threshold,
+        "threshold_from": threshold_from,
+        "baselines_f1": {"lexical_window": lexical["f1"]},
+        "best_baseline": "lexical_window",
+        "lead_over_best_baseline": metrics["f1"] - lexical["f1"],
+        "speed": speed,
+        "speed_device": str(saved.model.device),
+    }
+    decoding = {
+        "n_best": saved.decode.n_best,
+        "max_answer_length": saved.decode.max_answer_length,
+        "null_threshold": saved.threshold,
+        "max_seq_length": saved.tokenize.max_seq_length,
+        "doc_stride": saved.tokenize.doc_stride,
+    }
+    _write_reports(
+        Path(reports_dir),
+        report,
+        decoding,
+        _prediction_records(rows, preds, decisions),
+        _split_label(split),
+    )
     return report

@@ -37,20 +37,31 @@ def check_window_fits(config: PreTrainedConfig, max_seq_length: int, model_name:
         return
     rows = config.max_position_embeddings
     offset = f" less the padding offset {rows - usable}" if rows != usable else ""
-    raise ConfigError(f"tokenize.max_seq_length {max_seq_length} is longer than {model_name} takes: "
-                      f"{usable} tokens (max_position_embeddings {rows}{offset}); "
-                      f"set tokenize.max_seq_length to at most {usable}")
+    raise ConfigError(
+        f"tokenize.max_seq_length {max_seq_length} is longer than {model_name} takes: "
+        f"{usable} tokens (max_position_embeddings {rows}{offset}); "
+        f"set tokenize.max_seq_length to at most {usable}"
+    )
 
 
-def encode_windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: list[str],
-                   params: TokenizeParams) -> Any:
+def encode_windows(
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    contexts: list[str],
+    params: TokenizeParams,
+) -> Any:
     """Tokenize question/context pairs into windows; no padding (the collator pads per batch)."""
     if tokenizer.padding_side != "right":
         raise ValueError("medqa expects a right-padding tokenizer (question first, then context)")
     return tokenizer(
-        [q.lstrip() for q in questions], contexts,
-        truncation="only_second", max_length=params.max_seq_length, stride=params.doc_stride,
-        return_overflowing_tokens=True, return_offsets_mapping=True, padding=False,
+        [q.lstrip() for q in questions],
+        contexts,
+        truncation="only_second",
+        max_length=params.max_seq_length,
+        stride=params.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
     )
 
 
@@ -64,10 +75,13 @@ def _model_inputs(enc: Any, i: int) -> dict[str, Any]:
     return {k: enc[k][i] for k in keys}
 
 
-def build_train_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]],
-                         params: TokenizeParams) -> list[dict[str, Any]]:
+def build_train_features(
+    tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], params: TokenizeParams
+) -> list[dict[str, Any]]:
     """Windows labelled with answer token positions ((0, 0) = [CLS] = no answer in this window)."""
-    enc = encode_windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], params)
+    enc = encode_windows(
+        tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], params
+    )
     features = []
     for i, row_idx in enumerate(enc["overflow_to_sample_mapping"]):
         row = rows[row_idx]
@@ -77,20 +91,34 @@ def build_train_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str
             a = row["answers"][0]
             a_start, a_end = a["answer_start"], a["answer_start"] + len(a["text"])
             ctx_toks = [t for t, o in enumerate(offsets) if o != NO_OFFSET]
-            if ctx_toks and offsets[ctx_toks[0]][0] <= a_start and offsets[ctx_toks[-1]][1] >= a_end:
+            if (
+                ctx_toks
+                and offsets[ctx_toks[0]][0] <= a_start
+                and offsets[ctx_toks[-1]][1] >= a_end
+            ):
                 start_tok = next(t for t in ctx_toks if offsets[t][1] > a_start)
                 end_tok = next(t for t in reversed(ctx_toks) if offsets[t][0] < a_end)
-        features.append({**_model_inputs(enc, i), "start_positions": start_tok, "end_positions": end_tok})
+        features.append(
+            {**_model_inputs(enc, i), "start_positions": start_tok, "end_positions": end_tok}
+        )
     return features
 
 
-def build_eval_features(tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]],
-                        params: TokenizeParams) -> list[dict[str, Any]]:
+def build_eval_features(
+    tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], params: TokenizeParams
+) -> list[dict[str, Any]]:
     """Windows with their example index and context character offsets, for span decoding."""
-    enc = encode_windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], params)
-    return [{**_model_inputs(enc, i), "example_index": int(row_idx),
-             "offset_mapping": [list(o) for o in _context_offsets(enc, i)]}
-            for i, row_idx in enumerate(enc["overflow_to_sample_mapping"])]
+    enc = encode_windows(
+        tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], params
+    )
+    return [
+        {
+            **_model_inputs(enc, i),
+            "example_index": int(row_idx),
+            "offset_mapping": [list(o) for o in _context_offsets(enc, i)],
+        }
+        for i, row_idx in enumerate(enc["overflow_to_sample_mapping"])
+    ]
 
 
 def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
@@ -103,12 +131,13 @@ def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, 
         return rows
     order = list(range(len(rows)))
     random.Random(SUBSET_SEED).shuffle(order)
-    keep = sorted(order[:max(1, round(len(rows) * fraction))])
+    keep = sorted(order[: max(1, round(len(rows) * fraction))])
     return [rows[i] for i in keep]
 
 
-def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str,
-                    params: TokenizeParams) -> dict[str, int]:
+def tokenize_splits(
+    validated_dir: Path, out_dir: Path, base_model: str, params: TokenizeParams
+) -> dict[str, int]:
     """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets."""
     check_window_fits(load_model_config(base_model), params.max_seq_length, base_model)
     tokenizer = load_tokenizer(base_model)
@@ -125,8 +154,14 @@ def tokenize_splits(validated_dir: Path, out_dir: Path, base_model: str,
             feats = build(tokenizer, rows, params)
             Dataset.from_list(feats).save_to_disk(str(tmp / split))
             counts[split] = len(feats)
-        write_json_atomic(tmp / "summary.json", {"windows": counts, "base_model": base_model,
-                                                 "max_seq_length": params.max_seq_length,
-                                                 "doc_stride": params.doc_stride,
-                                                 "train_fraction": params.train_fraction})
+        write_json_atomic(
+            tmp / "summary.json",
+            {
+                "windows": counts,
+                "base_model": base_model,
+                "max_seq_length": params.max_seq_length,
+                "doc_stride": params.doc_stride,
+                "train_fraction": params.train_fraction,
+            },
+        )
     return counts

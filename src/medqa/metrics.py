@@ -44,10 +44,14 @@ def token_f1(prediction: str, gold: str) -> float:
 def score_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     """(EM, F1) against the best-matching gold answer; no golds means unanswerable."""
     golds = [g for g in golds if normalize_answer(g)] or [""]
-    return max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds)
+    return max(exact_match(prediction, g) for g in golds), max(
+        token_f1(prediction, g) for g in golds
+    )
 
 
-def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], samples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean."""
     arr = np.asarray(values, dtype=float)
     if len(arr) == 0:

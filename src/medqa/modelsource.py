@@ -14,8 +14,14 @@ from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
-from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedConfig,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
 from medqa.errors import ModelError, first_line
@@ -23,14 +29,35 @@ from medqa.errors import ModelError, first_line
 # A saved tokenizer is its tokenizer.json (the fast tokenizer) or a vocabulary a slow one is built
 # from. Without any of them AutoTokenizer still returns a tokenizer: an empty one of the model's
 # class, which would turn every word into [UNK].
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "spm.model", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "tokenizer.model",
+)
 # Families whose position ids start after the padding index (RoBERTa's convention): the first
 # pad_token_id + 1 rows of the position table are never used by a token.
-PADDING_OFFSET_POSITIONS = frozenset({
-    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
-    "longformer", "mpnet", "ibert", "luke", "xmod", "markuplm", "layoutlmv3", "lilt",
-})
+PADDING_OFFSET_POSITIONS = frozenset(
+    {
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "data2vec-text",
+        "longformer",
+        "mpnet",
+        "ibert",
+        "luke",
+        "xmod",
+        "markuplm",
+        "layoutlmv3",
+        "lilt",
+    }
+)
 
 
 def looks_like_path(name: str) -> bool:
@@ -60,8 +87,10 @@ def resolve_model_source(name: str) -> str:
         if module is not None and hasattr(module, "get_model_path"):
             return str(module.get_model_path())
     if looks_like_path(name):
-        raise ModelError(f"{name}: model folder not found (looked for {path.absolute()}); "
-                         "a hub model is named 'org/name'")
+        raise ModelError(
+            f"{name}: model folder not found (looked for {path.absolute()}); "
+            "a hub model is named 'org/name'"
+        )
     return name  # a hub name: transformers resolves it (from the local cache when HF_HUB_OFFLINE=1)
 
 
@@ -102,20 +131,24 @@ def usable_positions(config: PreTrainedConfig) -> int | None:
 
 
 def attention_implementation(config: PreTrainedConfig) -> str:
-    """"sdpa" when the QA model class of ``config`` implements it, else "eager" (DeBERTa-v2/v3 has
+    """ "sdpa" when the QA model class of ``config`` implements it, else "eager" (DeBERTa-v2/v3 has
     only eager attention; asking it for SDPA is a ValueError)."""
     try:
         model_class = MODEL_FOR_QUESTION_ANSWERING_MAPPING[type(config)]
     except KeyError:
-        raise ModelError(f"{config.model_type}: transformers has no question-answering model for this "
-                         "architecture (AutoModelForQuestionAnswering)") from None
+        raise ModelError(
+            f"{config.model_type}: transformers has no question-answering model for this "
+            "architecture (AutoModelForQuestionAnswering)"
+        ) from None
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def _check_tokenizer_files(name: str, folder: Path) -> None:
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
-        raise ModelError(f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); save the "
-                         "model's own tokenizer beside its weights (tokenizer.save_pretrained(folder))")
+        raise ModelError(
+            f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "model's own tokenizer beside its weights (tokenizer.save_pretrained(folder))"
+        )
 
 
 def _check_safetensors(folder: Path) -> None:
@@ -125,8 +158,10 @@ def _check_safetensors(folder: Path) -> None:
             with safe_open(str(path), framework="pt"):
                 pass
         except (SafetensorError, OSError) as e:
-            raise ModelError(f"{path}: not a readable safetensors file ({first_line(e)}); the copy or "
-                             "download is incomplete or corrupt, copy it again") from None
+            raise ModelError(
+                f"{path}: not a readable safetensors file ({first_line(e)}); the copy or "
+                "download is incomplete or corrupt, copy it again"
+            ) from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -141,14 +176,18 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     except (OSError, ValueError) as e:
         raise ModelError(f"{name}: cannot load tokenizer ({first_line(e)})") from None
     if not tok.is_fast:
-        raise ModelError(f"{name}: {type(tok).__name__} is a slow (Python-only) tokenizer and character "
-                         "offsets need a fast one; convert it to a tokenizer.json (transformers."
-                         "convert_slow_tokenizer covers most families) and save it in the model folder, "
-                         "or use a model that ships one")
+        raise ModelError(
+            f"{name}: {type(tok).__name__} is a slow (Python-only) tokenizer and character "
+            "offsets need a fast one; convert it to a tokenizer.json (transformers."
+            "convert_slow_tokenizer covers most families) and save it in the model folder, "
+            "or use a model that ships one"
+        )
     rows = getattr(load_model_config(name), "vocab_size", None)
     if isinstance(rows, int) and len(tok) > rows:
-        raise ModelError(f"{name}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} "
-                         "rows (config vocab_size); is the tokenizer from another model?")
+        raise ModelError(
+            f"{name}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} "
+            "rows (config vocab_size); is the tokenizer from another model?"
+        )
     return tok
 
 
@@ -165,6 +204,7 @@ def load_qa_model(name: str) -> PreTrainedModel:
     attn = attention_implementation(load_model_config(name))
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, attn_implementation=attn)
+            source, use_safetensors=True, trust_remote_code=False, attn_implementation=attn
+        )
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(f"{name}: cannot load the model ({first_line(e)})") from None

@@ -36,21 +36,27 @@ def _encoder_depths(model: PreTrainedModel, decay: float) -> dict[int, int]:
     """
     base = model.base_model
     if base is model:
-        raise ModelError(f"{type(model).__name__}: no base encoder under {model.base_model_prefix!r}, so the "
-                         "QA head cannot be told apart from it")
+        raise ModelError(
+            f"{type(model).__name__}: no base encoder under {model.base_model_prefix!r}, so the "
+            "QA head cannot be told apart from it"
+        )
     named = list(base.named_parameters())
     index = [_layer_index(n) for n, _ in named]
     found = sorted({i for i in index if i is not None})
     expected = getattr(model.config, "num_hidden_layers", None) or len(found)
     if decay != 1.0 and (not found or found != list(range(expected))):
-        raise ConfigError(f"train.layer_lr_decay {decay} needs one set of weights per encoder layer, but the "
-                          f"{expected} layers of {type(model).__name__} are not separate layer.N modules "
-                          "(ALBERT shares one set of weights across all its layers), so per-layer rates "
-                          "cannot apply; set train.layer_lr_decay: 1.0")
+        raise ConfigError(
+            f"train.layer_lr_decay {decay} needs one set of weights per encoder layer, but the "
+            f"{expected} layers of {type(model).__name__} are not separate layer.N modules "
+            "(ALBERT shares one set of weights across all its layers), so per-layer rates "
+            "cannot apply; set train.layer_lr_decay: 1.0"
+        )
     num_layers = len(found)
     last = max((k for k, i in enumerate(index) if i is not None), default=len(named))
-    return {id(p): num_layers - 1 - i if i is not None else (0 if k > last else num_layers)
-            for k, ((_, p), i) in enumerate(zip(named, index))}
+    return {
+        id(p): num_layers - 1 - i if i is not None else (0 if k > last else num_layers)
+        for k, ((_, p), i) in enumerate(zip(named, index))
+    }
 
 
 def build_optimizer(model: PreTrainedModel, params: TrainParams) -> torch.optim.Optimizer:
@@ -74,7 +80,9 @@ def build_optimizer(model: PreTrainedModel, params: TrainParams) -> torch.optim.
         else:
             lr = params.head_learning_rate
         groups.setdefault((lr, p.ndim < 2), []).append(p)
-    return torch.optim.AdamW([
-        {"params": ps, "lr": lr, "weight_decay": 0.0 if no_decay else params.weight_decay}
-        for (lr, no_decay), ps in sorted(groups.items())
-    ])
+    return torch.optim.AdamW(
+        [
+            {"params": ps, "lr": lr, "weight_decay": 0.0 if no_decay else params.weight_decay}
+            for (lr, no_decay), ps in sorted(groups.items())
+        ]
+    )

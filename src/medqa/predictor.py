@@ -37,8 +37,12 @@ def max_question_tokens(tokenizer: PreTrainedTokenizerBase, tokenize: TokenizePa
     panics (a Rust panic, not an exception); keeping half a stride more bounds the number of windows
     of a long context.
     """
-    return (tokenize.max_seq_length - tokenizer.num_special_tokens_to_add(pair=True)
-            - tokenize.doc_stride - tokenize.doc_stride // 2)
+    return (
+        tokenize.max_seq_length
+        - tokenizer.num_special_tokens_to_add(pair=True)
+        - tokenize.doc_stride
+        - tokenize.doc_stride // 2
+    )
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class SavedModel:
     settings_file: Path
 
 
-def load_saved_model(folder: Path, decoding_file: Path | None = None, device: str = "auto") -> SavedModel:
+def load_saved_model(
+    folder: Path, decoding_file: Path | None = None, device: str = "auto"
+) -> SavedModel:
     """Weights (safetensors only), tokenizer and recorded decoding settings of a model folder.
 
     The settings (windows, n-best, answer length, abstention threshold) come from ``decoding_file``,
@@ -68,23 +74,30 @@ def load_saved_model(folder: Path, decoding_file: Path | None = None, device: st
         raise ModelError(f"{folder}: not a saved model folder (no config.json)")
     settings_file = Path(decoding_file) if decoding_file else folder / DECODING_FILE
     if not settings_file.exists():
-        raise ModelError(f"{settings_file}: missing, so no recorded abstention threshold (a training checkpoint's "
-                         "is in reports/decoding.json after the evaluate stage; pass it with --decoding)")
+        raise ModelError(
+            f"{settings_file}: missing, so no recorded abstention threshold (a training checkpoint's "
+            "is in reports/decoding.json after the evaluate stage; pass it with --decoding)"
+        )
     try:
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
         tokenize = TokenizeParams(int(settings["max_seq_length"]), int(settings["doc_stride"]))
         decode = DecodeParams(int(settings["n_best"]), int(settings["max_answer_length"]))
         threshold = float(settings["null_threshold"])
     except (OSError, ValueError, TypeError) as e:
-        raise ModelError(f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})") from None
+        raise ModelError(
+            f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})"
+        ) from None
     except KeyError as e:
         raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
     model = to_inference_device(load_qa_model(str(folder)), device)
-    return SavedModel(model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file)
+    return SavedModel(
+        model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file
+    )
 
 
-def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str],
-                      batch_size: int) -> tuple[list[SpanDecision], list[dict[str, Any]], float]:
+def score_saved_model(
+    saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str], batch_size: int
+) -> tuple[list[SpanDecision], list[dict[str, Any]], float]:
     """Decisions on ``rows`` tokenized with the model's own tokenizer and windows; also the windows
     and the seconds of the batched forward pass. ``labels`` name the rows in errors.
 
@@ -92,22 +105,36 @@ def score_saved_model(saved: SavedModel, rows: Sequence[dict[str, Any]], labels:
     whole process with a Rust panic instead of raising.
     """
     limit = max_question_tokens(saved.tokenizer, saved.tokenize)
-    lengths = [len(ids) for ids in saved.tokenizer([r["question"].lstrip() for r in rows],
-                                                   add_special_tokens=False)["input_ids"]] if rows else []
+    lengths = (
+        [
+            len(ids)
+            for ids in saved.tokenizer(
+                [r["question"].lstrip() for r in rows], add_special_tokens=False
+            )["input_ids"]
+        ]
+        if rows
+        else []
+    )
     for label, n in zip(labels, lengths):
         if n > limit:
             raise DataError(f"{label}: question has {n} tokens; this model takes at most {limit}")
     features = build_eval_features(saved.tokenizer, list(rows), saved.tokenize) if rows else []
-    decisions, seconds = decide_timed(saved.model, features, rows, saved.decode, batch_size,
-                                      saved.tokenizer.pad_token_id or 0)
+    decisions, seconds = decide_timed(
+        saved.model, features, rows, saved.decode, batch_size, saved.tokenizer.pad_token_id or 0
+    )
     return decisions, features, seconds
 
 
 class QAPredictor:
     """A loaded model plus its decoding settings; ``predict`` takes question/context records."""
 
-    def __init__(self, model_dir: Path | str, device: str = "auto", batch_size: int = 32,
-                 decoding_file: Path | None = None):
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str = "auto",
+        batch_size: int = 32,
+        decoding_file: Path | None = None,
+    ):
         saved = load_saved_model(Path(model_dir), decoding_file, device=device)
         self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
         self.tokenize, self.decode = saved.tokenize, saved.decode
@@ -126,8 +153,12 @@ class QAPredictor:
             if not record[key].strip():
                 return f"{key!r} is empty"
         if len(record["context"]) > MAX_CONTEXT_CHARS:
-            return f"context has {len(record['context'])} characters; the limit is {MAX_CONTEXT_CHARS}"
-        n_question = len(self.tokenizer(record["question"].lstrip(), add_special_tokens=False)["input_ids"])
+            return (
+                f"context has {len(record['context'])} characters; the limit is {MAX_CONTEXT_CHARS}"
+            )
+        n_question = len(
+            self.tokenizer(record["question"].lstrip(), add_special_tokens=False)["input_ids"]
+        )
         if n_question > self.max_question_tokens:
             return f"question has {n_question} tokens; this model takes at most {self.max_question_tokens}"
         return None
@@ -140,14 +171,24 @@ class QAPredictor:
         if not records:
             return []
         features = build_eval_features(self.tokenizer, records, self.tokenize)
-        starts, ends = predict_logits(self.model, features, self.batch_size, self.tokenizer.pad_token_id or 0)
-        decisions = decode_best_spans(features, starts, ends, [r["context"] for r in records], self.decode)
+        starts, ends = predict_logits(
+            self.model, features, self.batch_size, self.tokenizer.pad_token_id or 0
+        )
+        decisions = decode_best_spans(
+            features, starts, ends, [r["context"] for r in records], self.decode
+        )
         results = []
         for d in decisions:
             answer = d.answer(self.threshold)
-            results.append({"answer": answer, "score": float(d.answer_prob if answer else 1 - d.answer_prob),
-                            "start": int(d.start) if answer else -1, "end": int(d.end) if answer else -1,
-                            "abstained": not answer})
+            results.append(
+                {
+                    "answer": answer,
+                    "score": float(d.answer_prob if answer else 1 - d.answer_prob),
+                    "start": int(d.start) if answer else -1,
+                    "end": int(d.end) if answer else -1,
+                    "abstained": not answer,
+                }
+            )
         return results
 
 
@@ -173,8 +214,13 @@ def read_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, Any]]:
             raise DataError(f"line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
 
 
-def predict_stream(predictor: QAPredictor, records: Iterable[tuple[int, Any]], write: Callable[[dict[str, Any]], None],
-                   batch_size: int, on_batch: Callable[[int], None] = lambda n: None) -> int:
+def predict_stream(
+    predictor: QAPredictor,
+    records: Iterable[tuple[int, Any]],
+    write: Callable[[dict[str, Any]], None],
+    batch_size: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> int:
     """Answer ``records`` in batches of ``batch_size``, calling ``write`` per result; return the count.
 
     Each record is checked as it is read, so a bad one stops the run with its line number before
@@ -185,8 +231,12 @@ def predict_stream(predictor: QAPredictor, records: Iterable[tuple[int, Any]], w
 
     def flush() -> None:
         nonlocal total
-        for (line, rec), res in zip(batch, predictor.predict([{"question": r["question"], "context": r["context"]}
-                                                              for _, r in batch])):
+        for (line, rec), res in zip(
+            batch,
+            predictor.predict(
+                [{"question": r["question"], "context": r["context"]} for _, r in batch]
+            ),
+        ):
             rid = rec.get("id")
             write({"id": line if rid in (None, "") else rid, **res})
         total += len(batch)

@@ -33,8 +33,10 @@ def exclusive_state(state_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise BusyError(f"{state_dir} is in use by another `medqa train` (pid {holder}); wait for it to "
-                            "finish or stop it, then rerun") from None
+            raise BusyError(
+                f"{state_dir} is in use by another `medqa train` (pid {holder}); wait for it to "
+                "finish or stop it, then rerun"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

@@ -25,7 +25,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = "medqa"
 
 # stage name -> the cli.py function its dvc.yaml cmd (`medqa <stage>`) runs
-STAGE_COMMANDS = {stage: f"cmd_{stage}" for stage in ("validate", "tokenize", "train", "evaluate", "register")}
+STAGE_COMMANDS = {
+    stage: f"cmd_{stage}" for stage in ("validate", "tokenize", "train", "evaluate", "register")
+}
 
 
 def _module_file(module: str) -> Path | None:
@@ -83,7 +85,9 @@ def _command_imports(function: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions)
+        todo.extend(
+            n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions
+        )
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     return _imported_modules([functions[n] for n in seen] + top_level)
 

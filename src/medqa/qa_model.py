@@ -29,10 +29,14 @@ class MedqaQAModel(PythonModel):
 
         missing = [f for f in FIELDS if f not in model_input.columns]
         if missing:
-            raise MlflowException(f"missing field(s) {missing}; every record needs question and context",
-                                  error_code=INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"missing field(s) {missing}; every record needs question and context",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         frame = model_input[list(FIELDS)].astype(object)
-        records = frame.where(frame.notna(), None).to_dict("records")  # a field absent from one record is NaN
+        records = frame.where(frame.notna(), None).to_dict(
+            "records"
+        )  # a field absent from one record is NaN
         try:
             return pd.DataFrame(self.predictor.predict(records))
         except DataError as e:

@@ -49,14 +49,25 @@ HISTORY_TAG = "champion_history"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
-    outputs=Schema([ColSpec("string", "answer"), ColSpec("double", "score"), ColSpec("long", "start"),
-                    ColSpec("long", "end"), ColSpec("boolean", "abstained")]),
+    outputs=Schema(
+        [
+            ColSpec("string", "answer"),
+            ColSpec("double", "score"),
+            ColSpec("long", "start"),
+            ColSpec("long", "end"),
+            ColSpec("boolean", "abstained"),
+        ]
+    ),
 )
-INPUT_EXAMPLE = pd.DataFrame([{
-    "question": "Which supplement formula is advised for intermediate AMD?",
-    "context": "For intermediate AMD, the AREDS2 formula of vitamins, zinc, copper, lutein and zeaxanthin "
-               "lowers the risk of progression to late disease.",
-}])
+INPUT_EXAMPLE = pd.DataFrame(
+    [
+        {
+            "question": "Which supplement formula is advised for intermediate AMD?",
+            "context": "For intermediate AMD, the AREDS2 formula of vitamins, zinc, copper, lutein and zeaxanthin "
+            "lowers the risk of progression to late disease.",
+        }
+    ]
+)
 
 
 def current_champion(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
@@ -86,8 +97,9 @@ def _tag(x: float | None) -> str:
     return f"{x:.6f}" if x is not None else "nan"
 
 
-def score_champion(client: MlflowClient, name: str, version: str, rows: Sequence[dict[str, Any]],
-                   batch_size: int) -> tuple[float | None, str | None]:
+def score_champion(
+    client: MlflowClient, name: str, version: str, rows: Sequence[dict[str, Any]], batch_size: int
+) -> tuple[float | None, str | None]:
     """Test F1 of ``name`` v``version`` on ``rows``, scored as it is served (its own tokenizer, windows,
     decoding and threshold); (None, why) when it cannot be fetched, loaded or scored."""
     uri = f"models:/{name}/{version}"
@@ -95,32 +107,50 @@ def score_champion(client: MlflowClient, name: str, version: str, rows: Sequence
         with tempfile.TemporaryDirectory(prefix="medqa-champion-") as tmp:
             folder, _, _ = fetch_registered_model(uri, Path(tmp))
             saved = load_saved_model(folder)
-            decisions, _, _ = score_saved_model(saved, rows, [f"test row {i + 1}" for i in range(len(rows))],
-                                                batch_size)
+            decisions, _, _ = score_saved_model(
+                saved, rows, [f"test row {i + 1}" for i in range(len(rows))], batch_size
+            )
     except Exception as e:  # noqa: BLE001 - whatever breaks the old champion is a reason, not a crash
         return None, f"{uri} could not be scored: {first_line(e)}"
     return _real(summarize([d.answer(saved.threshold) for d in decisions], rows)["f1"]), None
 
 
-def gate(client: MlflowClient, name: str, version: str, f1: float | None, rows: Sequence[dict[str, Any]],
-         test_md5: str, min_f1: float, batch_size: int) -> dict[str, Any]:
+def gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    f1: float | None,
+    rows: Sequence[dict[str, Any]],
+    test_md5: str,
+    min_f1: float,
+    batch_size: int,
+) -> dict[str, Any]:
     """Decide whether ``version`` (test F1 ``f1`` on ``rows``) becomes ``champion``; move it if so.
 
     Returns the decision with its reason and what it was compared against.
     """
     prev_version, prev_recorded = current_champion(client, name)
-    decision: dict[str, Any] = {"previous_champion": prev_version, "previous_champion_f1": None,
-                                "previous_champion_f1_from": None}
+    decision: dict[str, Any] = {
+        "previous_champion": prev_version,
+        "previous_champion_f1": None,
+        "previous_champion_f1_from": None,
+    }
 
     def refuse(reason: str) -> dict[str, Any]:
         return decision | {"promoted": False, "reason": reason}
 
     if prev_version == version:
-        fails = ("" if f1 is not None and f1 >= min_f1 else
-                 f"; it would not pass the gate now (test F1 {f1} vs register.min_f1 {min_f1}): "
-                 "`medqa rollback` moves the alias back")
-        return decision | {"promoted": True, "previous_champion_f1": prev_recorded,
-                           "reason": f"v{version} is already @champion; alias unchanged{fails}"}
+        fails = (
+            ""
+            if f1 is not None and f1 >= min_f1
+            else f"; it would not pass the gate now (test F1 {f1} vs register.min_f1 {min_f1}): "
+            "`medqa rollback` moves the alias back"
+        )
+        return decision | {
+            "promoted": True,
+            "previous_champion_f1": prev_recorded,
+            "reason": f"v{version} is already @champion; alias unchanged{fails}",
+        }
     if not rows:
         return refuse("the test split is empty: nothing to compare on")
     if f1 is None:
@@ -133,12 +163,19 @@ def gate(client: MlflowClient, name: str, version: str, f1: float | None, rows: 
         if champ_f1 is None:
             champ = client.get_model_version(name, prev_version)
             if champ.tags.get("test_md5") != test_md5 or _real(champ.tags.get("test_f1")) is None:
-                return refuse(f"{why}, and its recorded F1 is not from this test set; "
-                              f"compare by hand and use `medqa promote {version}`")
-            champ_f1, source = _real(champ.tags["test_f1"]), f"its recorded F1 on the same test set ({why})"
+                return refuse(
+                    f"{why}, and its recorded F1 is not from this test set; "
+                    f"compare by hand and use `medqa promote {version}`"
+                )
+            champ_f1, source = (
+                _real(champ.tags["test_f1"]),
+                f"its recorded F1 on the same test set ({why})",
+            )
         decision |= {"previous_champion_f1": champ_f1, "previous_champion_f1_from": source}
         if f1 < champ_f1:
-            return refuse(f"test F1 {f1:.4f} is below champion v{prev_version}'s {champ_f1:.4f} ({source})")
+            return refuse(
+                f"test F1 {f1:.4f} is below champion v{prev_version}'s {champ_f1:.4f} ({source})"
+            )
         reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f} and >= champion v{prev_version}'s {champ_f1:.4f} ({source})"
     else:
         reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f}; no champion yet"
@@ -152,7 +189,9 @@ def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     return json.loads(raw) if raw else []
 
 
-def move_champion(client: MlflowClient, name: str, version: str, action: str, reason: str) -> dict[str, Any]:
+def move_champion(
+    client: MlflowClient, name: str, version: str, action: str, reason: str
+) -> dict[str, Any]:
     """Point ``champion`` at ``version`` and append the move to the history; return the event.
 
     ``action`` is gate, promote or rollback; the version also gets a ``previous_champion`` tag.
@@ -160,9 +199,14 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
     previous, _ = current_champion(client, name)
     history = champion_history(client, name)
     client.set_registered_model_alias(name, "champion", version)
-    event = {"version": str(version), "previous": previous, "action": action, "reason": reason,
-             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history + [event]))
+    event = {
+        "version": str(version),
+        "previous": previous,
+        "action": action,
+        "reason": reason,
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, event]))
     if previous is not None and previous != str(version):
         client.set_model_version_tag(name, version, "previous_champion", previous)
     return event
@@ -172,7 +216,9 @@ def _registered_model(client: MlflowClient, name: str) -> Any:
     try:
         return client.get_registered_model(name)
     except MlflowException:
-        raise ModelError(f"no registered model named {name!r} (run the register stage first)") from None
+        raise ModelError(
+            f"no registered model named {name!r} (run the register stage first)"
+        ) from None
 
 
 def _model_version(client: MlflowClient, name: str, version: str) -> Any:
@@ -182,7 +228,9 @@ def _model_version(client: MlflowClient, name: str, version: str) -> Any:
         raise ModelError(f"{name} has no version {version!r}") from None
 
 
-MODEL_DIR_ARTIFACT = "artifacts/model_dir"  # where log_model puts the checkpoint (weights, tokenizer, decoding.json)
+MODEL_DIR_ARTIFACT = (
+    "artifacts/model_dir"  # where log_model puts the checkpoint (weights, tokenizer, decoding.json)
+)
 
 
 def fetch_registered_model(uri: str, dst: Path) -> tuple[Path, str, str]:
@@ -206,12 +254,19 @@ def fetch_registered_model(uri: str, dst: Path) -> tuple[Path, str, str]:
     else:
         version = str(_model_version(client, name, ref).version)
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}/{MODEL_DIR_ARTIFACT}", dst_path=str(dst)))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}/{MODEL_DIR_ARTIFACT}", dst_path=str(dst)
+            )
+        )
     except MlflowException as e:
-        raise ModelError(f"{uri}: cannot download v{version} ({e.message.splitlines()[0]})") from None
+        raise ModelError(
+            f"{uri}: cannot download v{version} ({e.message.splitlines()[0]})"
+        ) from None
     if not (folder / "config.json").exists():
-        raise ModelError(f"{uri}: v{version} has no {MODEL_DIR_ARTIFACT}/config.json (not a medqa model?)")
+        raise ModelError(
+            f"{uri}: v{version} has no {MODEL_DIR_ARTIFACT}/config.json (not a medqa model?)"
+        )
     return folder, name, version
 
 
@@ -224,7 +279,9 @@ def promote(client: MlflowClient, name: str, version: str) -> dict[str, Any] | N
         return None
     f1 = mv.tags.get("test_f1", "unknown")
     was = f"v{current} (test F1 {current_f1})" if current is not None else "no champion"
-    return move_champion(client, name, version, "promote", f"manual promote: test F1 {f1}, replacing {was}")
+    return move_champion(
+        client, name, version, "promote", f"manual promote: test F1 {f1}, replacing {was}"
+    )
 
 
 def _champion_stack(history: list[dict[str, Any]]) -> list[str]:
@@ -263,16 +320,24 @@ def rollback(client: MlflowClient, name: str) -> dict[str, Any]:
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Every version of ``name``, newest first, with its test figures and aliases."""
     aliases: dict[str, list[str]] = {}
-    for alias, version in _registered_model(client, name).aliases.items():  # search results omit aliases
+    for alias, version in _registered_model(
+        client, name
+    ).aliases.items():  # search results omit aliases
         aliases.setdefault(str(version), []).append(alias)
     rows = []
     for mv in client.search_model_versions(f"name='{name}'"):
-        rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                     "test_f1": float(mv.tags["test_f1"]) if "test_f1" in mv.tags else None,
-                     "test_em": float(mv.tags["test_em"]) if "test_em" in mv.tags else None,
-                     "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
-                     .isoformat(timespec="seconds"),
-                     "run_id": mv.run_id})
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "test_f1": float(mv.tags["test_f1"]) if "test_f1" in mv.tags else None,
+                "test_em": float(mv.tags["test_em"]) if "test_em" in mv.tags else None,
+                "created": datetime.fromtimestamp(
+                    mv.creation_timestamp / 1000, timezone.utc
+                ).isoformat(timespec="seconds"),
+                "run_id": mv.run_id,
+            }
+        )
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 
@@ -280,15 +345,25 @@ def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[s
     """Where a version came from, read off its training run: code, data, params, device, run link."""
     run = client.get_run(run_id)
     tags = run.data.tags
-    device = ", ".join(v for v in (tags.get("backend"), tags.get("device_name"), tags.get("device_arch"),
-                                   tags.get("precision")) if v)
-    return {"git_commit": tags.get("git_commit") or git_commit(),
-            "data_md5_train": tags.get("data_md5_train", "unknown"),
-            "data_md5_dev": tags.get("data_md5_dev", "unknown"),
-            "params": json.dumps(run.data.params, sort_keys=True, separators=(",", ":")),
-            "device": device or "unknown",
-            "tracking_uri": tracking_uri,
-            "run_link": f"{tracking_uri}#/experiments/{run.info.experiment_id}/runs/{run_id}"}
+    device = ", ".join(
+        v
+        for v in (
+            tags.get("backend"),
+            tags.get("device_name"),
+            tags.get("device_arch"),
+            tags.get("precision"),
+        )
+        if v
+    )
+    return {
+        "git_commit": tags.get("git_commit") or git_commit(),
+        "data_md5_train": tags.get("data_md5_train", "unknown"),
+        "data_md5_dev": tags.get("data_md5_dev", "unknown"),
+        "params": json.dumps(run.data.params, sort_keys=True, separators=(",", ":")),
+        "device": device or "unknown",
+        "tracking_uri": tracking_uri,
+        "run_link": f"{tracking_uri}#/experiments/{run.info.experiment_id}/runs/{run_id}",
+    }
 
 
 def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
@@ -296,7 +371,9 @@ def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
     (medqa.json, train_curve.json: timings differ between identical trainings) and the decoding
     settings. Equal hashes mean the same answers for every question."""
     files = folder_digest(model_dir, exclude=("medqa.json", "train_curve.json"))
-    return hashlib.sha256(files.encode() + json.dumps(decoding, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        files.encode() + json.dumps(decoding, sort_keys=True).encode()
+    ).hexdigest()
 
 
 def _version_with_hash(client: MlflowClient, name: str, content_hash: str) -> str | None:
@@ -305,7 +382,9 @@ def _version_with_hash(client: MlflowClient, name: str, content_hash: str) -> st
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    return next((str(mv.version) for mv in versions if mv.tags.get("content_hash") == content_hash), None)
+    return next(
+        (str(mv.version) for mv in versions if mv.tags.get("content_hash") == content_hash), None
+    )
 
 
 def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: str) -> str:
@@ -317,20 +396,33 @@ def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: 
         try:
             run_ctx = mlflow.start_run(run_id=run_id)
         except MlflowException as e:
-            raise ModelError(f"training run {run_id} is not in the MLflow store ({e.message.splitlines()[0]}); "
-                             "was mlruns/ removed? Retrain with `dvc repro -f train`") from None
+            raise ModelError(
+                f"training run {run_id} is not in the MLflow store ({e.message.splitlines()[0]}); "
+                "was mlruns/ removed? Retrain with `dvc repro -f train`"
+            ) from None
         with run_ctx:
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PACKAGE_DIR / "qa_model.py"), artifacts={"model_dir": str(bundle)},
-                code_paths=[str(PACKAGE_DIR)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
+                name="model",
+                python_model=str(PACKAGE_DIR / "qa_model.py"),
+                artifacts={"model_dir": str(bundle)},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=SIGNATURE,
+                input_example=INPUT_EXAMPLE,
                 registered_model_name=model_name,
                 pip_requirements=["torch", "transformers>=5", "pandas", "mlflow>=3"],
             )
     return str(info.registered_model_version)
 
 
-def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, test_path: Path, out_path: Path,
-                   params: RegisterParams, batch_size: int = 64) -> dict[str, Any]:
+def register_model(
+    model_dir: Path,
+    metrics_path: Path,
+    decoding_path: Path,
+    test_path: Path,
+    out_path: Path,
+    params: RegisterParams,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Register the checkpoint (once per content hash), tag it with its figures, apply the gate on
     the test rows of ``test_path``, write the decision."""
     model_dir = Path(model_dir)
@@ -339,7 +431,9 @@ def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, tes
     decoding = json.loads(Path(decoding_path).read_text())
     rows, test_md5 = read_jsonl(Path(test_path)), file_md5(Path(test_path))
     if metrics.get("test_md5") not in (None, test_md5):
-        raise ModelError(f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`")
+        raise ModelError(
+            f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`"
+        )
     f1, em = _real(metrics.get("f1")), _real(metrics.get("exact"))
     tracking_uri = configure_tracking()
     client = MlflowClient()
@@ -350,25 +444,54 @@ def register_model(model_dir: Path, metrics_path: Path, decoding_path: Path, tes
     if version is None:
         version = _log_version(model_dir, decoding_path, run_id, params.model_name)
         best = metrics["best_baseline"]
-        tags = {"test_f1": _tag(f1), "test_em": _tag(em), "test_n": str(len(rows)), "test_md5": test_md5,
-                "content_hash": content_hash, "backend": config.get("backend", ""),
-                "base_model": config.get("base_model", ""), "run_id": run_id,
-                "best_baseline_f1": _tag(metrics["baselines_f1"][best])} | lineage_tags(client, run_id, tracking_uri)
+        tags = {
+            "test_f1": _tag(f1),
+            "test_em": _tag(em),
+            "test_n": str(len(rows)),
+            "test_md5": test_md5,
+            "content_hash": content_hash,
+            "backend": config.get("backend", ""),
+            "base_model": config.get("base_model", ""),
+            "run_id": run_id,
+            "best_baseline_f1": _tag(metrics["baselines_f1"][best]),
+        } | lineage_tags(client, run_id, tracking_uri)
         for k, v in tags.items():
             client.set_model_version_tag(params.model_name, version, k, v)
-        client.update_model_version(params.model_name, version, description=(
-            f"Extractive QA for AMD clinical text (research use, not medical advice). Test F1 {figure(f1)}, "
-            f"EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
-            f"{figure(metrics['baselines_f1'][best])}. Run {run_id}."))
+        client.update_model_version(
+            params.model_name,
+            version,
+            description=(
+                f"Extractive QA for AMD clinical text (research use, not medical advice). Test F1 {figure(f1)}, "
+                f"EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
+                f"{figure(metrics['baselines_f1'][best])}. Run {run_id}."
+            ),
+        )
         client.set_registered_model_alias(params.model_name, "candidate", version)
-    decision = gate(client, params.model_name, version, f1, rows, test_md5, params.min_f1, batch_size)
+    decision = gate(
+        client, params.model_name, version, f1, rows, test_md5, params.min_f1, batch_size
+    )
     if reused:
-        decision["reason"] = f"already registered as v{version} (same checkpoint); gate re-decided: {decision['reason']}"
-    for k, v in (("gate_promoted", str(decision["promoted"]).lower()), ("gate_reason", decision["reason"])):
+        decision["reason"] = (
+            f"already registered as v{version} (same checkpoint); gate re-decided: {decision['reason']}"
+        )
+    for k, v in (
+        ("gate_promoted", str(decision["promoted"]).lower()),
+        ("gate_reason", decision["reason"]),
+    ):
         client.set_model_version_tag(params.model_name, version, k, v)
-    record = {"model_name": params.model_name, "version": version, "new_version": not reused, "test_f1": f1,
-              "test_n": len(rows), "test_md5": test_md5, "min_f1": params.min_f1, "run_id": run_id,
-              "content_hash": content_hash, "model_uri": f"models:/{params.model_name}/{version}", **decision}
+    record = {
+        "model_name": params.model_name,
+        "version": version,
+        "new_version": not reused,
+        "test_f1": f1,
+        "test_n": len(rows),
+        "test_md5": test_md5,
+        "min_f1": params.min_f1,
+        "run_id": run_id,
+        "content_hash": content_hash,
+        "model_uri": f"models:/{params.model_name}/{version}",
+        **decision,
+    }
     try:
         with mlflow.start_run(run_id=run_id):
             mlflow.log_dict(strict_json(record), "registration.json")

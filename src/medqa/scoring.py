@@ -24,14 +24,26 @@ def gold_texts(row: dict[str, Any]) -> list[str]:
     return [a["text"] for a in row["answers"]]
 
 
-def decide(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-           decode: DecodeParams, batch_size: int, pad_id: int) -> list[SpanDecision]:
+def decide(
+    model: PreTrainedModel,
+    features: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    decode: DecodeParams,
+    batch_size: int,
+    pad_id: int,
+) -> list[SpanDecision]:
     """Run the model over a split's windows and decode one SpanDecision per question."""
     return decide_timed(model, features, rows, decode, batch_size, pad_id)[0]
 
 
-def decide_timed(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                 decode: DecodeParams, batch_size: int, pad_id: int) -> tuple[list[SpanDecision], float]:
+def decide_timed(
+    model: PreTrainedModel,
+    features: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    decode: DecodeParams,
+    batch_size: int,
+    pad_id: int,
+) -> tuple[list[SpanDecision], float]:
     """``decide``, plus the seconds of its batched model forward over all of ``features``.
 
     The pass is timed where it runs so throughput needs no second pass over the split; decoding is
@@ -51,8 +63,14 @@ def f1_of(pred: str, golds: Sequence[str]) -> float:
     return score_question(pred, golds)[1]
 
 
-def score_split(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                decode: DecodeParams, batch_size: int, pad_id: int) -> dict[str, float]:
+def score_split(
+    model: PreTrainedModel,
+    features: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    decode: DecodeParams,
+    batch_size: int,
+    pad_id: int,
+) -> dict[str, float]:
     """EM/F1 on a split with the threshold tuned on that same split (a monitoring figure)."""
     decisions = decide(model, features, rows, decode, batch_size, pad_id)
     golds = [gold_texts(r) for r in rows]
@@ -60,8 +78,9 @@ def score_split(model: PreTrainedModel, features: Sequence[dict[str, Any]], rows
     return summarize([d.answer(thr) for d in decisions], rows)
 
 
-def summarize(predictions: Sequence[str], rows: Sequence[dict[str, Any]],
-              bootstrap_samples: int = 0) -> dict[str, Any]:
+def summarize(
+    predictions: Sequence[str], rows: Sequence[dict[str, Any]], bootstrap_samples: int = 0
+) -> dict[str, Any]:
     """EM/F1 overall, on answerable and unanswerable questions, and per question type."""
     per_q = [score_question(p, gold_texts(r)) for p, r in zip(predictions, rows)]
 
@@ -71,15 +90,24 @@ def summarize(predictions: Sequence[str], rows: Sequence[dict[str, Any]],
     all_i = list(range(len(rows)))
     has = [i for i in all_i if rows[i]["answers"]]
     no = [i for i in all_i if not rows[i]["answers"]]
-    out: dict[str, Any] = {"n": len(rows), "exact": mean(all_i, 0), "f1": mean(all_i, 1),
-                           "has_ans_n": len(has), "has_ans_f1": mean(has, 1), "has_ans_exact": mean(has, 0),
-                           "no_ans_n": len(no), "no_ans_f1": mean(no, 1)}
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "exact": mean(all_i, 0),
+        "f1": mean(all_i, 1),
+        "has_ans_n": len(has),
+        "has_ans_f1": mean(has, 1),
+        "has_ans_exact": mean(has, 0),
+        "no_ans_n": len(no),
+        "no_ans_f1": mean(no, 1),
+    }
     if bootstrap_samples:
         lo, hi = bootstrap_ci([q[1] for q in per_q], bootstrap_samples)
         out["f1_ci95"] = [lo, hi]
         by_type: dict[str, list[int]] = defaultdict(list)
         for i in all_i:
             by_type[rows[i].get("question_type") or "unlabelled"].append(i)
-        out["by_type"] = {t: {"n": len(ix), "f1": mean(ix, 1), "exact": mean(ix, 0)} for t, ix in sorted(by_type.items())}
+        out["by_type"] = {
+            t: {"n": len(ix), "f1": mean(ix, 1), "exact": mean(ix, 0)}
+            for t, ix in sorted(by_type.items())
+        }
     return out
-

@@ -23,10 +23,18 @@ from medqa.config import Params, as_dict
 
 # the knobs a study varies, as (params group, key, column header); "data" is not a params group but the
 # validate stage's count of training questions, so runs on a grown dataset are never taken for seeds
-KNOBS = [("data", "train_questions", "train q"), ("tokenize", "train_fraction", "train share"), ("train", "epochs", "epochs"),
-         ("tokenize", "max_seq_length", "max len"), ("train", "learning_rate", "lr"),
-         ("train", "head_learning_rate", "head lr"), ("train", "layer_lr_decay", "LLRD"),
-         ("train", "warmup_ratio", "lr warm-up"), ("train", "weight_decay", "wd"), ("train", "batch_size", "batch")]
+KNOBS = [
+    ("data", "train_questions", "train q"),
+    ("tokenize", "train_fraction", "train share"),
+    ("train", "epochs", "epochs"),
+    ("tokenize", "max_seq_length", "max len"),
+    ("train", "learning_rate", "lr"),
+    ("train", "head_learning_rate", "head lr"),
+    ("train", "layer_lr_decay", "LLRD"),
+    ("train", "warmup_ratio", "lr warm-up"),
+    ("train", "weight_decay", "wd"),
+    ("train", "batch_size", "batch"),
+]
 
 DEFAULTS = as_dict(Params())
 
@@ -56,13 +64,26 @@ def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
         metrics = ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
         if "f1" not in metrics:
             continue
-        validation = ((data.get("metrics") or {}).get("reports/validation.json") or {}).get("data") or {}
-        row = {"name": name, "seed": params.get("train", {}).get("seed"),
-               "data.train_questions": (validation.get("written_by_split") or validation.get("accepted_by_split") or {}).get("train")}
-        for group, key, _ in KNOBS[1:]:  # a key missing from params.yaml (older code) has its built-in default
+        validation = ((data.get("metrics") or {}).get("reports/validation.json") or {}).get(
+            "data"
+        ) or {}
+        row = {
+            "name": name,
+            "seed": params.get("train", {}).get("seed"),
+            "data.train_questions": (
+                validation.get("written_by_split") or validation.get("accepted_by_split") or {}
+            ).get("train"),
+        }
+        for group, key, _ in KNOBS[
+            1:
+        ]:  # a key missing from params.yaml (older code) has its built-in default
             row[f"{group}.{key}"] = params.get(group, {}).get(key, DEFAULTS.get(f"{group}.{key}"))
-        row.update(test_f1=metrics["f1"], test_em=metrics.get("exact"), dev_f1=metrics.get("dev_f1"),
-                   lead=metrics.get("lead_over_best_baseline"))
+        row.update(
+            test_f1=metrics["f1"],
+            test_em=metrics.get("exact"),
+            dev_f1=metrics.get("dev_f1"),
+            lead=metrics.get("lead_over_best_baseline"),
+        )
         rows.append(row)
     return rows
 
@@ -76,11 +97,17 @@ def group_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for members in groups.values():
         test = [m["test_f1"] for m in members]
         dev = [m["dev_f1"] for m in members if m["dev_f1"] is not None]
-        out.append({**{k: v for k, v in members[0].items() if k not in ("name", "seed")},
-                    "names": sorted(m["name"] for m in members), "seeds": len(members),
-                    "test_f1": statistics.mean(test), "test_f1_sd": statistics.stdev(test) if len(test) > 1 else None,
-                    "dev_f1": statistics.mean(dev) if dev else None,
-                    "test_em": statistics.mean(m["test_em"] for m in members)})
+        out.append(
+            {
+                **{k: v for k, v in members[0].items() if k not in ("name", "seed")},
+                "names": sorted(m["name"] for m in members),
+                "seeds": len(members),
+                "test_f1": statistics.mean(test),
+                "test_f1_sd": statistics.stdev(test) if len(test) > 1 else None,
+                "dev_f1": statistics.mean(dev) if dev else None,
+                "test_em": statistics.mean(m["test_em"] for m in members),
+            }
+        )
     return sorted(out, key=lambda r: -r["test_f1"])
 
 
@@ -92,7 +119,12 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
         sd = f" ± {r['test_f1_sd']:.3f}" if r["test_f1_sd"] is not None else ""
         dev = f"{r['dev_f1']:.3f}" if r["dev_f1"] is not None else "-"
         cells = [str(r[f"{g}.{k}"]) for g, k, _ in KNOBS] + [
-            str(r["seeds"]), dev, f"{r['test_f1']:.3f}{sd}", f"{r['test_em']:.3f}", ", ".join(r["names"])]
+            str(r["seeds"]),
+            dev,
+            f"{r['test_f1']:.3f}{sd}",
+            f"{r['test_em']:.3f}",
+            ", ".join(r["names"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -104,14 +136,18 @@ def learning_curve(groups: list[dict[str, Any]], equal_steps: bool = False) -> l
     4× the epochs), so every point takes the same number of optimizer steps and only the amount of
     distinct labelled data changes; otherwise every point has the same epochs (fewer steps for less data).
     """
-    skip = {"train_fraction", "epochs"} if equal_steps else {"train_fraction"}  # data grown: another family
+    skip = (
+        {"train_fraction", "epochs"} if equal_steps else {"train_fraction"}
+    )  # data grown: another family
     families: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in groups:
         key = tuple(r[f"{g}.{k}"] for g, k, _ in KNOBS if k not in skip)
         if equal_steps:
             key += (round((r["tokenize.train_fraction"] or 1) * (r["train.epochs"] or 0), 6),)
         families[key].append(r)
-    best = max(families.values(), key=lambda f: len({r["tokenize.train_fraction"] for r in f}), default=[])
+    best = max(
+        families.values(), key=lambda f: len({r["tokenize.train_fraction"] for r in f}), default=[]
+    )
     return sorted(best, key=lambda r: r["tokenize.train_fraction"]) if len(best) > 1 else []
 
 
@@ -126,12 +162,15 @@ def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height:
     def xy(frac: float, f1: float) -> tuple[float, float]:
         return left + frac * w, top + h - f1 / ymax * h
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
-             f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">share of training questions</text>',
-             f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" text-anchor="middle">F1</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
+        f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">share of training questions</text>',
+        f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" text-anchor="middle">F1</text>',
+    ]
     for t in (0.25, 0.5, 0.75, 1.0):
         x, _ = xy(t, 0)
         parts.append(f'<text x="{x}" y="{top + h + 14}" text-anchor="middle">{t:.0%}</text>')
@@ -145,29 +184,46 @@ def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height:
             pts = [xy(p["tokenize.train_fraction"], p[key]) for p in curve if p[key] is not None]
             if not pts:
                 continue
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
-                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
+            parts.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
+                + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+                + '"/>'
+            )
             parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts]
             lift = 6 + 12 * n + (12 if key == "dev_f1" else 0)  # keep the four labels apart
-            parts.append(f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - lift:.1f}" fill="{colour}">'
-                         f'{key.replace("_f1", "")} F1, {label}</text>')
-    return "\n".join(parts + ["</svg>"]) + "\n"
+            parts.append(
+                f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - lift:.1f}" fill="{colour}">'
+                f"{key.replace('_f1', '')} F1, {label}</text>"
+            )
+    return "\n".join([*parts, "</svg>"]) + "\n"
 
 
 def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
     """reports/study.md (table), study.json (rows) and study_curve.svg (learning curve, if any)."""
     groups = group_seeds(rows_from_exp_show(show))
-    curves = {label: c for label, c in (("same epochs", learning_curve(groups)),
-                                        ("same steps", learning_curve(groups, equal_steps=True))) if c}
-    text = ["# Recipe and learning-curve study", "",
-            "DVC experiments (`scripts/study.sh`); test F1 is mean ± sd over seeds where there are several.", "",
-            markdown_table(groups)]
+    curves = {
+        label: c
+        for label, c in (
+            ("same epochs", learning_curve(groups)),
+            ("same steps", learning_curve(groups, equal_steps=True)),
+        )
+        if c
+    }
+    text = [
+        "# Recipe and learning-curve study",
+        "",
+        "DVC experiments (`scripts/study.sh`); test F1 is mean ± sd over seeds where there are several.",
+        "",
+        markdown_table(groups),
+    ]
     if curves:
         write_text_atomic(Path(out_dir) / "study_curve.svg", curve_svg(curves))
         text += ["", "![learning curve](study_curve.svg)", ""]
         for label, curve in curves.items():
-            pts = ", ".join(f"{p['tokenize.train_fraction']:.0%} × {p['train.epochs']:g} epochs → {p['test_f1']:.3f}"
-                            for p in curve)
+            pts = ", ".join(
+                f"{p['tokenize.train_fraction']:.0%} × {p['train.epochs']:g} epochs → {p['test_f1']:.3f}"
+                for p in curve
+            )
             text.append(f"- {label} (test F1): {pts}")
     write_text_atomic(Path(out_dir) / "study.md", "\n".join(text))
     write_json_atomic(Path(out_dir) / "study.json", groups)
@@ -175,17 +231,27 @@ def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m medqa.study",
-                                 description="Tabulate the DVC experiments of the study into reports/.")
-    ap.add_argument("--out", type=Path, default=Path("reports"), help="folder for study.md/.json/_curve.svg")
-    ap.add_argument("--show-json", type=Path, nargs="+",
-                    help="read `dvc exp show --json` output from these files (e.g. one per copy of the project "
-                         "the experiments ran in) instead of running it here")
+    ap = argparse.ArgumentParser(
+        prog="python -m medqa.study",
+        description="Tabulate the DVC experiments of the study into reports/.",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("reports"), help="folder for study.md/.json/_curve.svg"
+    )
+    ap.add_argument(
+        "--show-json",
+        type=Path,
+        nargs="+",
+        help="read `dvc exp show --json` output from these files (e.g. one per copy of the project "
+        "the experiments ran in) instead of running it here",
+    )
     args = ap.parse_args(argv)
     if args.show_json:
         show = [b for f in args.show_json for b in json.loads(f.read_text())]
     else:
-        res = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True
+        )
         if res.returncode:
             print(f"dvc exp show failed: {res.stderr.strip()[-500:]}", file=sys.stderr)
             return 1

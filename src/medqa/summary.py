@@ -18,19 +18,25 @@ def summarize_reports(reports: Path = Path("reports")) -> str:
     lo, hi = m.get("f1_ci95") or (None, None)
     baselines = ", ".join(f"{k} {figure(v, '.3f')}" for k, v in m["baselines_f1"].items())
     prev = r.get("previous_champion")
-    before = (f"  @champion before this run: v{prev} F1 {figure(r.get('previous_champion_f1'), '.3f')} "
-              f"({r.get('previous_champion_f1_from') or 'recorded'})" if prev else "  @champion before this run: none")
-    return "\n".join([
-        f"test split ({m['n']} questions): EM {figure(m['exact'], '.3f')}  F1 {figure(m['f1'], '.3f')}  "
-        f"(95% CI {figure(lo, '.3f')}-{figure(hi, '.3f')})",
-        f"  answerable F1 {figure(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
-        f"unanswerable F1 {figure(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
-        f"  baselines F1: {baselines}; lead over the best: {figure(m['lead_over_best_baseline'], '+.3f')}",
-        before,
-        f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): "
-        f"{r['reason']}",
-        "Research use only; not medical advice.",
-    ])
+    before = (
+        f"  @champion before this run: v{prev} F1 {figure(r.get('previous_champion_f1'), '.3f')} "
+        f"({r.get('previous_champion_f1_from') or 'recorded'})"
+        if prev
+        else "  @champion before this run: none"
+    )
+    return "\n".join(
+        [
+            f"test split ({m['n']} questions): EM {figure(m['exact'], '.3f')}  F1 {figure(m['f1'], '.3f')}  "
+            f"(95% CI {figure(lo, '.3f')}-{figure(hi, '.3f')})",
+            f"  answerable F1 {figure(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
+            f"unanswerable F1 {figure(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
+            f"  baselines F1: {baselines}; lead over the best: {figure(m['lead_over_best_baseline'], '+.3f')}",
+            before,
+            f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): "
+            f"{r['reason']}",
+            "Research use only; not medical advice.",
+        ]
+    )
 
 
 if __name__ == "__main__":

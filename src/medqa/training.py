@@ -38,24 +38,33 @@ from typing import Any
 import mlflow
 import torch
 import transformers
-from mlflow.exceptions import MlflowException
 from datasets import load_from_disk
-from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
-                          set_seed)
+from mlflow.exceptions import MlflowException
+from transformers import (
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, as_dict
 from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
-from medqa.scoring import score_split
 from medqa.modelsource import load_qa_model, load_tokenizer
 from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
 from medqa.provenance import sources_digest, stage_sources
+from medqa.scoring import score_split
 from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
 
-INFERENCE_CONFIG = "medqa.json"  # written beside the weights: what prediction needs to match training
-STATE_FILE = "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
+INFERENCE_CONFIG = (
+    "medqa.json"  # written beside the weights: what prediction needs to match training
+)
+STATE_FILE = (
+    "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
+)
 CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
 MODEL_CURVE = "train_curve.json"  # beside the weights: the finished curve, completed by evaluate
 
@@ -78,8 +87,16 @@ class DevF1Monitor(TrainerCallback):
     epoch, so a resumed run continues it instead of starting a new one.
     """
 
-    def __init__(self, dev_features: Any, dev_rows: list[dict[str, Any]], batch_size: int, pad_id: int,
-                 final_epoch: int, curve_path: Path | None = None, history: list[EpochRecord] | None = None):
+    def __init__(
+        self,
+        dev_features: Any,
+        dev_rows: list[dict[str, Any]],
+        batch_size: int,
+        pad_id: int,
+        final_epoch: int,
+        curve_path: Path | None = None,
+        history: list[EpochRecord] | None = None,
+    ):
         self.dev_features, self.dev_rows, self.final_epoch = dev_features, dev_rows, final_epoch
         self.batch_size, self.pad_id = batch_size, pad_id
         self.curve_path = curve_path
@@ -93,7 +110,9 @@ class DevF1Monitor(TrainerCallback):
         if epoch >= self.final_epoch:  # the evaluate stage scores the final model on dev
             self._pending = EpochRecord(epoch, float("nan"), None, None)
             return
-        scores = score_split(model, self.dev_features, self.dev_rows, DecodeParams(), self.batch_size, self.pad_id)
+        scores = score_split(
+            model, self.dev_features, self.dev_rows, DecodeParams(), self.batch_size, self.pad_id
+        )
         model.train()
         self._pending = EpochRecord(epoch, float("nan"), scores["f1"], scores["exact"])
 
@@ -113,7 +132,11 @@ class DevF1Monitor(TrainerCallback):
         mlflow.log_metrics({"train_loss": rec.train_loss} | dev, step=rec.epoch)
         if self.curve_path is not None:
             write_json_atomic(self.curve_path, [asdict(r) for r in self.history])
-        scores = f"  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}" if dev else "  (dev: scored by evaluate)"
+        scores = (
+            f"  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}"
+            if dev
+            else "  (dev: scored by evaluate)"
+        )
         print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}{scores}")
 
 
@@ -138,16 +161,28 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def training_fingerprint(params: Params, features_md5: str, data_md5: dict[str, str], base_weights: str,
-                         device: DeviceInfo, precision: str) -> str:
+def training_fingerprint(
+    params: Params,
+    features_md5: str,
+    data_md5: dict[str, str],
+    base_weights: str,
+    device: DeviceInfo,
+    precision: str,
+) -> str:
     """Everything that changes the trained weights: a checkpoint resumes only when all of it matches."""
     parts = {
-        "train": as_dict(params.train), "tokenize": as_dict(params.tokenize), "base_model": params.base_model,
-        "base_weights": base_weights, "features": features_md5, **data_md5,
+        "train": as_dict(params.train),
+        "tokenize": as_dict(params.tokenize),
+        "base_model": params.base_model,
+        "base_weights": base_weights,
+        "features": features_md5,
+        **data_md5,
         "code": sources_digest(stage_sources("train")),
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "device": [device.backend, device.name, device.arch], "precision": precision,
+        "device": [device.backend, device.name, device.arch],
+        "precision": precision,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -164,9 +199,14 @@ def _is_complete(checkpoint: Path) -> bool:
 
 def last_complete_checkpoint(state_dir: Path) -> str | None:
     """The newest complete checkpoint in ``state_dir``; incomplete ones (a kill mid-save) are removed."""
-    found = sorted((p for p in Path(state_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                    if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()),
-                   key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    found = sorted(
+        (
+            p
+            for p in Path(state_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()
+        ),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+    )
     complete = []
     for ckpt in found:
         if _is_complete(ckpt):
@@ -225,8 +265,13 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params,
-              state_dir: Path = Path("models/train_state")) -> dict[str, Any]:
+def fine_tune(
+    features_dir: Path,
+    validated_dir: Path,
+    out_dir: Path,
+    params: Params,
+    state_dir: Path = Path("models/train_state"),
+) -> dict[str, Any]:
     """Train (resuming from ``state_dir`` when it holds the same training), save weights + tokenizer +
     inference config + training curve to ``out_dir``, and return a summary.
 
@@ -239,8 +284,14 @@ def fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Pa
         return _fine_tune(features_dir, validated_dir, out_dir, params, Path(state_dir), is_main)
 
 
-def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: Params, state_dir: Path,
-               is_main: bool) -> dict[str, Any]:
+def _fine_tune(
+    features_dir: Path,
+    validated_dir: Path,
+    out_dir: Path,
+    params: Params,
+    state_dir: Path,
+    is_main: bool,
+) -> dict[str, Any]:
     tp, out_dir = params.train, Path(out_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(tp.seed)
@@ -263,27 +314,52 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
     resume_from, saved = None, {}
     if is_main:  # only rank 0 decides whether to resume, so only it hashes what the decision needs
         base_weights = weights_digest(model)
-        data_md5 = {f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl")
-                    for split in ("train", "dev")}
-        fingerprint = training_fingerprint(params, folder_digest(Path(features_dir)), data_md5, base_weights,
-                                           info, precision)
+        data_md5 = {
+            f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl")
+            for split in ("train", "dev")
+        }
+        fingerprint = training_fingerprint(
+            params, folder_digest(Path(features_dir)), data_md5, base_weights, info, precision
+        )
         resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
         configure_tracking()
         run, new_run = _start_run(saved if resume_from else {})
         state_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id})
+        write_json_atomic(
+            state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
+        )
         if new_run:
-            mlflow.log_params(as_dict(params.train) | {"base_model": params.base_model, "world_size": world_size,
-                                                       "per_device_batch_size": per_device_batch} |
-                              {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()})
-        mlflow.set_tags({"git_commit": git_commit(), "backend": info.backend, "device_name": info.name,
-                         "device_arch": info.arch, "precision": precision, "precision_reason": precision_reason,
-                         "world_size": str(world_size), "train_fingerprint": fingerprint,
-                         "attn_implementation": str(getattr(model.config, "_attn_implementation", "unknown")),
-                         "base_weights_sha256": base_weights, **data_md5})
+            mlflow.log_params(
+                as_dict(params.train)
+                | {
+                    "base_model": params.base_model,
+                    "world_size": world_size,
+                    "per_device_batch_size": per_device_batch,
+                }
+                | {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()}
+            )
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(),
+                "backend": info.backend,
+                "device_name": info.name,
+                "device_arch": info.arch,
+                "precision": precision,
+                "precision_reason": precision_reason,
+                "world_size": str(world_size),
+                "train_fingerprint": fingerprint,
+                "attn_implementation": str(
+                    getattr(model.config, "_attn_implementation", "unknown")
+                ),
+                "base_weights_sha256": base_weights,
+                **data_md5,
+            }
+        )
         where = f"resuming from {resume_from}" if resume_from else "starting fresh"
-        print(f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
-              f"world size {world_size}; {where}")
+        print(
+            f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
+            f"world size {world_size}; {where}"
+        )
     if world_size > 1:
         # every rank must agree on where to resume; rank 0 decided (and may have cleared the folder)
         torch.distributed.init_process_group("gloo" if info.backend == "cpu" else "nccl")
@@ -294,23 +370,51 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
     history: list[EpochRecord] = []
     curve = state_dir / CURVE_FILE
     if is_main and resume_from and curve.exists():  # the curve up to the checkpoint, not past it
-        history = [EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before]
+        history = [
+            EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before
+        ]
 
-    monitor = DevF1Monitor(dev_features, dev_rows, 64, tokenizer.pad_token_id or 0, math.ceil(tp.epochs),
-                           state_dir / CURVE_FILE if is_main else None, history)
-    args = TrainingArguments(
-        output_dir=str(state_dir), per_device_train_batch_size=per_device_batch,
-        learning_rate=tp.learning_rate, num_train_epochs=tp.epochs, weight_decay=tp.weight_decay,
-        warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", seed=tp.seed, data_seed=tp.seed,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=info.backend == "cpu",
-        train_sampling_strategy="group_by_length", logging_strategy="epoch", save_strategy="epoch",
-        save_total_limit=1, eval_strategy="no", report_to="none", dataloader_num_workers=0,
-        disable_tqdm=not is_main, ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
+    monitor = DevF1Monitor(
+        dev_features,
+        dev_rows,
+        64,
+        tokenizer.pad_token_id or 0,
+        math.ceil(tp.epochs),
+        state_dir / CURVE_FILE if is_main else None,
+        history,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[monitor, SaveEverySteps(tp.save_steps)],
-                      optimizers=(build_optimizer(model, tp), None))
+    args = TrainingArguments(
+        output_dir=str(state_dir),
+        per_device_train_batch_size=per_device_batch,
+        learning_rate=tp.learning_rate,
+        num_train_epochs=tp.epochs,
+        weight_decay=tp.weight_decay,
+        warmup_steps=tp.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=tp.seed,
+        data_seed=tp.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=info.backend == "cpu",
+        train_sampling_strategy="group_by_length",
+        logging_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=not is_main,
+        ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[monitor, SaveEverySteps(tp.save_steps)],
+        optimizers=(build_optimizer(model, tp), None),
+    )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
@@ -325,21 +429,37 @@ def _fine_tune(features_dir: Path, validated_dir: Path, out_dir: Path, params: P
     tokens_per_s = real_tokens * tp.epochs * share / seconds if seconds else 0.0
     peak_mb = _peak_memory_mb(info.device)
     summary = {
-        "run_id": mlflow.active_run().info.run_id, "base_model": params.base_model, "backend": info.backend,
-        "device": asdict(info), "precision": precision, "world_size": world_size,
-        "train_windows": len(train_ds), "train_seconds": round(seconds, 2),
-        "samples_per_s": round(samples_per_s, 3), "tokens_per_s": round(tokens_per_s, 1),
-        "peak_memory_mb": round(peak_mb, 1), "resumed_from_step": steps_before,
+        "run_id": mlflow.active_run().info.run_id,
+        "base_model": params.base_model,
+        "backend": info.backend,
+        "device": asdict(info),
+        "precision": precision,
+        "world_size": world_size,
+        "train_windows": len(train_ds),
+        "train_seconds": round(seconds, 2),
+        "samples_per_s": round(samples_per_s, 3),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_memory_mb": round(peak_mb, 1),
+        "resumed_from_step": steps_before,
         "final_train_loss": float(result.training_loss),
-        "max_seq_length": tok_summary["max_seq_length"], "doc_stride": tok_summary["doc_stride"],
+        "max_seq_length": tok_summary["max_seq_length"],
+        "doc_stride": tok_summary["doc_stride"],
     }
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp))  # safetensors weights + config + tokenizer
         write_json_atomic(tmp / INFERENCE_CONFIG, summary)
         write_json_atomic(tmp / MODEL_CURVE, [asdict(r) for r in monitor.history])
-    mlflow.log_metrics({"train_seconds": seconds, "train_samples_per_s": samples_per_s,
-                        "train_tokens_per_s": tokens_per_s, "peak_memory_mb": peak_mb,
-                        "final_train_loss": float(result.training_loss)})
+    mlflow.log_metrics(
+        {
+            "train_seconds": seconds,
+            "train_samples_per_s": samples_per_s,
+            "train_tokens_per_s": tokens_per_s,
+            "peak_memory_mb": peak_mb,
+            "final_train_loss": float(result.training_loss),
+        }
+    )
     mlflow.end_run()
-    shutil.rmtree(state_dir, ignore_errors=True)  # finished: the next run trains, it does not resume
+    shutil.rmtree(
+        state_dir, ignore_errors=True
+    )  # finished: the next run trains, it does not resume
     return summary
