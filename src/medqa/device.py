@@ -134,6 +134,24 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The CPU's native bf16 features (avx512_bf16, amx_bf16) from the kernel's flags, in that order.
+
+    bf16 autocast is fast on a CPU only when its matrix units take bf16 directly; elsewhere oneDNN
+    emulates it and it runs slower than fp32. Empty where the flags cannot be read (not Linux).
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return tuple(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+
+
 def detect_device(requested: str = "auto") -> DeviceInfo:
     """The best available device, or the requested one."""
     if requested in ("auto", "cuda") and torch.cuda.is_available():
