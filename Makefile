@@ -18,6 +18,20 @@ pipeline: setup
 test: setup
 	python -m pytest -q
 
+## The quick loop while editing: unit tests only (no real pipeline, servers or subprocess training).
+.PHONY: test-fast lint typecheck
+test-fast: setup
+	python -m pytest -q -m "not integration and not slow"
+
+## ruff: lint and formatting (a violation fails; `ruff format .` and `ruff check --fix .` repair most).
+lint: setup
+	ruff check .
+	ruff format --check .
+
+## mypy over src/ and pipeline/ (settings in pyproject.toml).
+typecheck: setup
+	mypy
+
 ## Benchmarks, ours vs plain Hugging Face side by side; writes reports/benchmarks.md.
 ## PRESET=small (default, about 10 minutes on 2 CPU cores) or PRESET=full (the whole data: hours on a CPU).
 PRESET ?= small

@@ -3,7 +3,9 @@
 
 Both load one temporary copy of the weights (safetensors). Its decoding.json sets the abstention
 threshold to 0, the pipeline's rule with handle_impossible_answer (answer when the best span beats
-the [CLS] score), so the two F1s compare implementations rather than threshold tuning.
+the [CLS] score), so the two F1s compare implementations rather than threshold tuning. Ours runs at
+each precision this machine can (fp32, bf16, and fp16 on a GPU); the pipeline runs in fp32, its
+default. decoding.json records the precision `auto` picks here, as the evaluate stage would.
 """
 
 from __future__ import annotations
@@ -27,20 +29,36 @@ class InferenceRun:
     batch_seconds: list[float]
     single_ms: list[float]
     software: str = ""
+    precision: str = "fp32"
 
 
 def prepare_model(
     source: str, dest: Path, max_seq_length: int, doc_stride: int, decode: Any
-) -> Path:
-    """Save ``source`` (a folder or packaged model) as safetensors + tokenizer + decoding.json in ``dest``."""
+) -> tuple[Path, list[str], str]:
+    """Save ``source`` (a folder or packaged model) as safetensors + tokenizer + decoding.json in
+    ``dest``; also the precisions this machine runs, the one ``auto`` picks first."""
+    import torch
     from transformers import set_seed
 
-    from medqa.atomic import write_json_atomic
+    from medqa.device import to_inference_device
+    from medqa.errors import ConfigError
+    from medqa.fileio import write_json_atomic
     from medqa.modelsource import load_qa_model, load_tokenizer
-    from medqa.predictor import DECODING_FILE
+    from medqa.predictor import DECODING_FILE, PRECISIONS, resolve_inference_precision
 
     set_seed(0)  # a base model's new QA head is random: fix it
-    load_qa_model(source).save_pretrained(dest, safe_serialization=True)
+    model = load_qa_model(source)
+    model.save_pretrained(dest, safe_serialization=True)
+    device: torch.device = to_inference_device(model).device
+    auto, why = resolve_inference_precision("auto", device)
+    runnable = [auto]
+    for precision in PRECISIONS:
+        try:
+            resolve_inference_precision(precision, device)
+        except ConfigError:
+            continue  # fp16 on a CPU
+        if precision != auto:
+            runnable.append(precision)
     load_tokenizer(source).save_pretrained(dest)
     write_json_atomic(
         dest / DECODING_FILE,
@@ -50,18 +68,25 @@ def prepare_model(
             "null_threshold": 0.0,
             "max_seq_length": max_seq_length,
             "doc_stride": doc_stride,
+            "precision": auto,
         },
     )
-    return dest
+    return dest, runnable, why
 
 
 def run_ours(
-    model_dir: Path, records: list[dict[str, str]], batch_size: int, repeats: int, singles: int
+    model_dir: Path,
+    records: list[dict[str, str]],
+    batch_size: int,
+    repeats: int,
+    singles: int,
+    precision: str,
 ) -> InferenceRun:
-    """QAPredictor: a warm-up, ``repeats`` batched calls over all records, ``singles`` one-question calls."""
+    """QAPredictor at ``precision``: a warm-up, ``repeats`` batched calls over all records,
+    ``singles`` one-question calls."""
     from medqa.predictor import QAPredictor
 
-    predictor = QAPredictor(model_dir, batch_size=batch_size)
+    predictor = QAPredictor(model_dir, batch_size=batch_size, precision=precision)
     predictor.predict(records[:4])  # warm-up
     batch_seconds, answers = [], []
     for _ in range(repeats):
@@ -73,7 +98,7 @@ def run_ours(
         start = time.perf_counter()
         predictor.predict([record])
         single_ms.append((time.perf_counter() - start) * 1000)
-    return InferenceRun(answers, batch_seconds, single_ms)
+    return InferenceRun(answers, batch_seconds, single_ms, precision=precision)
 
 
 def run_reference(

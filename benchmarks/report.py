@@ -36,7 +36,8 @@ def ratio(ours: Value, reference: Value) -> float | None:
 
 
 def fmt(value: Value) -> str:
-    """Three significant figures (trailing zeros kept), no decimals from 100 up; "—" for nothing, text as given."""
+    """Three significant figures (trailing zeros kept), no decimals from 100 up; "—" for nothing,
+    text as given."""
     if value is None:
         return "—"
     if isinstance(value, str):

@@ -6,7 +6,9 @@ Sections (each compares medqa's path with a plain Hugging Face one, measured in 
 2. inference: medqa's QAPredictor vs transformers 4.x pipeline("question-answering") in .venv-bench;
 3. tokenization throughput: medqa.features vs the run_qa-style preprocessing;
 4. orchestration overhead: a no-op `dvc repro` and a fully cached Prefect flow run;
-5. scaling of medqa's training: seconds per step and peak memory against data size and window length.
+5. scaling of medqa's training: seconds per step and peak memory against data size and window length;
+6. serving: `medqa serve` over loopback (cold start, latency and throughput at concurrency 1/4/8, one
+   32-record call) against the raw forward+decode of the same questions.
 
 A section that fails is reported as failed and the others still run; the exit status is then 1.
 """
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SPEEDUP_TARGET = 1.3
 INFERENCE_SPEEDUP_TARGET = 2.0
 NOOP_REPRO_TARGET_S = 3.0
+SERVE_BATCH = 32  # records in section 6's one batch request
 F1_TOLERANCE = 0.02  # "equal F1": ours at most this much below the reference
 SEED = 0  # which questions the subsets take
 
@@ -59,6 +62,8 @@ class Preset:
     prefect: bool
     scaling_questions: int  # data size x1 of section 5
     scaling_steps: int  # timed steps per scaling point
+    serve_questions: int  # section 6's dev questions (at least SERVE_BATCH)
+    serve_requests: dict[int, int]  # concurrent clients -> one-question requests they send in all
     seq_lengths: tuple[int, ...] = (256, 384, 512)
     data_multiples: tuple[int, ...] = (1, 2, 4)
 
@@ -80,6 +85,8 @@ PRESETS = {
         prefect=True,
         scaling_questions=192,
         scaling_steps=3,
+        serve_questions=32,
+        serve_requests={1: 24, 4: 32, 8: 48},
     ),
     "full": Preset(
         "full",
@@ -97,6 +104,8 @@ PRESETS = {
         prefect=True,
         scaling_questions=312,
         scaling_steps=5,
+        serve_questions=128,
+        serve_requests={1: 100, 4: 200, 8: 400},
     ),
 }
 
@@ -118,9 +127,11 @@ class Bench:
     train_rows: list[dict[str, Any]]  # the whole train split, in a fixed shuffled order
     dev_rows: list[dict[str, Any]]  # the whole dev split, in a fixed shuffled order
     notes: list[str] = field(default_factory=list)
-    ours_run: Any = None  # section 1's TrainRun of medqa's path, reused by section 5 where the set-up is the same
+    # section 1's TrainRun of medqa's path, reused by section 5 where the set-up is the same
+    ours_run: Any = None
     ours_run_questions: int = 0  # how many train questions that run drew its batches from
     ours_model: Path | None = None  # the model section 1 trained with medqa's path
+    infer_model: Path | None = None  # the model folder section 2 timed, which section 6 serves
 
     def isolated(self, fn: Callable[..., Any], *args: Any) -> Any:
         return run_isolated(self.log, fn, *args)
@@ -196,9 +207,9 @@ def section_training(b: Bench) -> list[Row]:
     warmup = f"{p.warmup_steps} warm-up step{'' if p.warmup_steps == 1 else 's'}"
     schedule = (
         (
-            f"the first {max_steps} optimizer steps of a {schedule_of} schedule over a pool of {len(rows)} train "
-            "questions (a large pool, because the Trainer's length grouping sorts mega-batches of at most a "
-            "quarter of the data: below 8 batches it groups nothing)"
+            f"the first {max_steps} optimizer steps of a {schedule_of} schedule over a pool of "
+            f"{len(rows)} train questions (a large pool, because the Trainer's length grouping "
+            "sorts mega-batches of at most a quarter of the data: below 8 batches it groups nothing)"
         )
         if max_steps
         else f"{n_epochs} over {len(rows)} train questions"
@@ -280,7 +291,7 @@ def section_training(b: Bench) -> list[Row]:
 
 
 def section_inference(b: Bench) -> list[Row]:
-    """2. QAPredictor vs pipeline("question-answering") on one copy of the weights."""
+    """2. QAPredictor at every precision vs pipeline("question-answering") on one copy of the weights."""
     from benchmarks.inference_bench import prepare_model, run_ours, run_reference
     from medqa.metrics import score_question
     from medqa.scoring import gold_texts
@@ -296,7 +307,7 @@ def section_inference(b: Bench) -> list[Row]:
         )
     else:
         source, what = b.params.base_model, f"the untrained base model {b.params.base_model}"
-    model_dir = b.isolated(
+    model_dir, precisions, why = b.isolated(
         prepare_model,
         str(source),
         b.scratch / "infer-model",
@@ -304,17 +315,28 @@ def section_inference(b: Bench) -> list[Row]:
         b.stride,
         b.params.evaluate.decode,
     )
+    b.infer_model = model_dir
     rows = subset(b.dev_rows, p.infer_questions)
     records = [{"question": r["question"], "context": r["context"]} for r in rows]
     records_file = b.scratch / "infer-records.json"
     records_file.write_text(json.dumps(records))
     batch = b.params.evaluate.batch_size
-    ours = b.isolated(run_ours, model_dir, records, batch, p.infer_repeats, p.latency_samples)
+    runs = {
+        precision: b.isolated(
+            run_ours, model_dir, records, batch, p.infer_repeats, p.latency_samples, precision
+        )
+        for precision in precisions
+    }
+    auto = precisions[0]
+    ours = runs[auto]
     b.notes.append(
         f"Inference: {len(records)} dev questions, weights of {what} saved once as safetensors and "
         f"loaded by both; batch size {batch}; abstention threshold 0 for both (answer when the best span "
         "beats [CLS]: the pipeline's handle_impossible_answer rule). Batched figures are medians of "
-        f"{p.infer_repeats} passes over all questions after a warm-up; latency is one question per call."
+        f"{p.infer_repeats} passes over all questions after a warm-up; latency is one question per call. "
+        f"Ours at each precision in its own process ({', '.join(precisions)}); `auto` picks {auto} here "
+        f"({why}), the precision the evaluate stage measures test F1 at and serve uses; the reference "
+        "runs in fp32, its default."
     )
     try:
         ref = run_reference(
@@ -339,67 +361,162 @@ def section_inference(b: Bench) -> list[Row]:
     def qps(run: Any) -> float:
         return len(records) / median(run.batch_seconds)
 
-    if ref is None:
-        missing = "not run (see notes)"
-        return [
+    ref_qps: Any = qps(ref) if ref else "not run (see notes)"
+    ref_f1: Any = f1(ref.answers) if ref else "not run (see notes)"
+    out = []
+    for precision, run in runs.items():
+        label = f"{precision}{' (auto)' if precision == auto else ''}"
+        target, met = "", None
+        if precision == auto:
+            target = f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1 (−{F1_TOLERANCE})"
+            met = bool(ref) and speed_at_equal_f1(
+                ratio(qps(run), ref_qps),
+                f1(run.answers),
+                ref_f1,
+                INFERENCE_SPEEDUP_TARGET,
+                F1_TOLERANCE,
+            )
+        out.append(
             Row(
                 "2 inference",
-                "questions/s, batched",
-                qps(ours),
-                missing,
+                f"questions/s, batched, {label}",
+                qps(run),
+                ref_qps,
                 p.infer_repeats,
-                f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1",
+                target,
+                met,
+            )
+        )
+        out.append(Row("2 inference", f"F1, {label}", f1(run.answers), ref_f1, f"{len(rows)} q"))
+    if "fp32" in runs and auto != "fp32":
+        fp32 = runs["fp32"]
+        same = sum(a == c for a, c in zip(ours.answers, fp32.answers)) / len(rows)
+        out += [
+            Row(
+                "2 inference",
+                f"{auto} speed-up over ours in fp32",
+                qps(ours) / qps(fp32),
+                None,
+                p.infer_repeats,
             ),
             Row(
                 "2 inference",
-                "latency p50 ms, 1 question",
-                median(ours.single_ms),
-                missing,
-                len(ours.single_ms),
+                f"F1 {auto} − F1 fp32 (ours)",
+                f1(ours.answers) - f1(fp32.answers),
+                None,
+                f"{len(rows)} q",
+                "≥ −0.005",
+                f1(ours.answers) - f1(fp32.answers) >= -0.005,
             ),
             Row(
                 "2 inference",
-                "latency p95 ms, 1 question",
-                percentile(ours.single_ms, 95),
-                missing,
-                len(ours.single_ms),
+                f"answers of {auto} identical to fp32's",
+                same,
+                None,
+                f"{len(rows)} q",
             ),
-            Row("2 inference", "F1", f1(ours.answers), missing, f"{len(rows)} q"),
         ]
-    b.notes.append(
-        f'Inference reference: pipeline("question-answering") in .venv-bench ({ref.software}).'
-    )
-    speed = ratio(qps(ours), qps(ref))
-    same = sum(a.strip() == r.strip() for a, r in zip(ours.answers, ref.answers)) / len(rows)
-    return [
+    ref_single = (lambda q: q(ref.single_ms)) if ref else (lambda q: "not run (see notes)")
+    out += [
         Row(
             "2 inference",
-            "questions/s, batched",
-            qps(ours),
-            qps(ref),
-            p.infer_repeats,
-            f"≥ {INFERENCE_SPEEDUP_TARGET}× at equal F1 (−{F1_TOLERANCE})",
-            speed_at_equal_f1(
-                speed, f1(ours.answers), f1(ref.answers), INFERENCE_SPEEDUP_TARGET, F1_TOLERANCE
-            ),
-        ),
-        Row(
-            "2 inference",
-            "latency p50 ms, 1 question",
+            f"latency p50 ms, 1 question, {auto}",
             median(ours.single_ms),
-            median(ref.single_ms),
+            ref_single(median),
             len(ours.single_ms),
         ),
         Row(
             "2 inference",
-            "latency p95 ms, 1 question",
+            f"latency p95 ms, 1 question, {auto}",
             percentile(ours.single_ms, 95),
-            percentile(ref.single_ms, 95),
+            ref_single(lambda v: percentile(v, 95)),
             len(ours.single_ms),
         ),
-        Row("2 inference", "F1", f1(ours.answers), f1(ref.answers), f"{len(rows)} q"),
-        Row("2 inference", "answers identical to the pipeline's", same, None, f"{len(rows)} q"),
     ]
+    if ref:
+        b.notes.append(
+            f'Inference reference: pipeline("question-answering") in .venv-bench ({ref.software}).'
+        )
+        same = sum(a.strip() == r.strip() for a, r in zip(ours.answers, ref.answers)) / len(rows)
+        out.append(
+            Row(
+                "2 inference",
+                f"answers of {auto} identical to the pipeline's",
+                same,
+                None,
+                f"{len(rows)} q",
+            )
+        )
+    return out
+
+
+def section_serving(b: Bench) -> list[Row]:
+    """6. `medqa serve` over loopback vs the raw forward+decode of the same questions."""
+    from benchmarks.serving_bench import save_served_model, time_raw, time_server
+
+    p = b.preset
+    if b.infer_model is None:
+        raise RuntimeError("section 2 prepared no model to serve")
+    rows = subset(b.dev_rows, p.serve_questions)
+    records = [{"question": r["question"], "context": r["context"]} for r in rows]
+    served = b.isolated(save_served_model, b.infer_model, b.scratch / "served-model")
+    raw = b.isolated(time_raw, b.infer_model, records, SERVE_BATCH, p.infer_repeats)
+    srv = time_server(served, records, p.serve_requests, SERVE_BATCH, p.infer_repeats, b.log)
+    raw_p50, one = median(raw.single_ms), srv.latency_ms[1]
+    raw_batch_qps = SERVE_BATCH / median(raw.batch_seconds)
+    served_batch_qps = SERVE_BATCH / median(srv.batch_seconds)
+    b.notes.append(
+        f"Serving: section 2's model saved as the registered pyfunc and served by `medqa serve` "
+        f"({raw.precision}, the precision recorded with it) on 127.0.0.1; cold start is process start "
+        "to the first healthy /ping. Each level sends one question per request from that many client "
+        f"threads ({', '.join(f'{n} requests at {c}' for c, n in p.serve_requests.items())}), cycling "
+        f"through {len(records)} dev questions; latency includes the wait for the model, which serves "
+        f"one request at a time. The {SERVE_BATCH}-record call and the raw figures (QAPredictor.predict "
+        "in a process of its own, same questions) are medians of "
+        f"{p.infer_repeats}. The evaluate-pass reference for the {SERVE_BATCH}-record call is the raw "
+        "batched rate of the same records."
+    )
+    out = [
+        Row("6 serving", "cold start to healthy /ping, s", srv.cold_start_s, None, 1),
+        Row("6 serving", "exit after SIGTERM, s", srv.shutdown_s, None, 1),
+        Row(
+            "6 serving",
+            "p50 ms, 1 question, concurrency 1 (ref: raw forward+decode)",
+            median(one),
+            raw_p50,
+            len(one),
+            "≤ 1.5× raw",
+            median(one) <= 1.5 * raw_p50,
+        ),
+    ]
+    for clients, lat in srv.latency_ms.items():
+        if clients != 1:  # concurrency 1's p50 is the target row above
+            out.append(
+                Row("6 serving", f"p50 ms, concurrency {clients}", median(lat), None, len(lat))
+            )
+        out += [
+            Row("6 serving", f"p95 ms, concurrency {clients}", percentile(lat, 95), None, len(lat)),
+            Row("6 serving", f"p99 ms, concurrency {clients}", percentile(lat, 99), None, len(lat)),
+            Row(
+                "6 serving",
+                f"requests/s, concurrency {clients}",
+                len(lat) / srv.wall_s[clients],
+                1000 / raw_p50,
+                len(lat),
+            ),
+        ]
+    out.append(
+        Row(
+            "6 serving",
+            f"questions/s, one {SERVE_BATCH}-record call (ref: raw batched)",
+            served_batch_qps,
+            raw_batch_qps,
+            p.infer_repeats,
+            "≥ 0.9× raw",
+            served_batch_qps >= 0.9 * raw_batch_qps,
+        )
+    )
+    return out
 
 
 def section_tokenization(b: Bench) -> list[Row]:
@@ -428,7 +545,8 @@ def section_tokenization(b: Bench) -> list[Row]:
 
 
 def section_orchestration(b: Bench) -> list[Row]:
-    """4. A no-op `dvc repro` (the project if dvc.lock is current, else a tiny copy) and a cached Prefect flow."""
+    """4. A no-op `dvc repro` (the project if dvc.lock is current, else a tiny copy) and a cached
+    Prefect flow."""
     from benchmarks.orchestration_bench import (
         build_tiny_project,
         dvc_is_up_to_date,
@@ -542,20 +660,21 @@ SECTIONS: list[tuple[str, Callable[[Bench], list[Row]]]] = [
     ("3 tokenization", section_tokenization),
     ("4 orchestration", section_orchestration),
     ("5 scaling (ours)", section_scaling),
+    ("6 serving", section_serving),
 ]
 
 
 def load_rows(scratch: Path, params: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and dev rows from data/validated, or validated afresh from the raw data into ``scratch``;
     shuffled with a fixed seed so a subset of the first N questions is a fair sample."""
-    from medqa.atomic import read_jsonl
+    from medqa.fileio import read_jsonl
 
     validated = ROOT / "data" / "validated"
     if not (validated / "train.jsonl").exists():
-        from medqa.data import validate_squad_records
+        from medqa.data import validate_records
 
         validated = scratch / "validated"
-        validate_squad_records(
+        validate_records(
             ROOT / params.validate.raw_path,
             validated,
             scratch / "rejected.jsonl",
@@ -643,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     title = f"medqa benchmarks: ours vs plain Hugging Face (preset {preset.name})"
     text = render_report(title, machine.header(), rows, b.notes)
-    from medqa.atomic import write_text_atomic
+    from medqa.fileio import write_text_atomic
 
     write_text_atomic(args.output, text)
     print("\n" + text + f"\nwritten to {args.output}")

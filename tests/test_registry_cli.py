@@ -26,6 +26,8 @@ from medqa.errors import ModelError
 from medqa.predictor import MAX_CONTEXT_CHARS, QAPredictor
 from medqa.registry import HISTORY_TAG, register_model
 
+pytestmark = pytest.mark.slow  # trains tiny models, a real MLflow store and server
+
 NAME = "tiny-qa"
 CONTEXT = (
     "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after three monthly loading doses. "
@@ -72,6 +74,7 @@ def project(tmp_path_factory, tiny_model_dir):
     from safetensors.torch import load_file, save_file
 
     proj = tmp_path_factory.mktemp("proj")
+    (proj / "dvc.yaml").write_text("stages: {}\n")  # a project: the CLI finds its ./mlruns
     (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
     (proj / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GATE_ROWS))
     saved_cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -164,7 +167,8 @@ def test_versions_carry_lineage_tags(in_project):
     assert json.loads(mv.tags["params"])["learning_rate"] == "0.001"
     assert mv.tags["device"] == "cpu, x86_64, x86_64, fp32"
     assert mv.tags["tracking_uri"].startswith("sqlite:///") and run_id in mv.tags["run_link"]
-    assert mv.tags["run_link"].startswith(mv.tags["tracking_uri"])
+    # no server to link to: how to open the run in a local UI (tests/test_team_*.py: the server)
+    assert f"mlflow ui --backend-store-uri {mv.tags['tracking_uri']}" in mv.tags["run_link"]
     assert {"test_f1", "test_em", "backend", "base_model", "best_baseline_f1"} <= set(mv.tags)
 
 

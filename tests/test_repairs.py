@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from medqa.atomic import read_jsonl
 from medqa.config import ValidateParams
-from medqa.data import validate_squad_records
+from medqa.data import validate_records
 from medqa.errors import DataError
+from medqa.fileio import read_jsonl
 
 FIXTURE = (
     Path(__file__).parent / "data" / "amd_repairs"
@@ -28,7 +28,7 @@ TEST = "Smoking is the strongest modifiable risk factor for AMD."
 
 
 def validate(tmp_path, raw, **params):
-    return validate_squad_records(
+    return validate_records(
         raw,
         tmp_path / "validated",
         tmp_path / "rejected.jsonl",
@@ -263,7 +263,7 @@ def test_duplicates_differing_in_title_or_question_type_are_not_merged(tmp_path)
 def test_repairs_path_may_be_given(tmp_path):
     off = P1.index("peripheral vision") - 1
     raw = folder(tmp_path, [q("off", "Which vision?", "peripheral vision", start=off)])
-    validate_squad_records(
+    validate_records(
         raw,
         tmp_path / "v",
         tmp_path / "r.jsonl",
@@ -275,3 +275,75 @@ def test_repairs_path_may_be_given(tmp_path):
         "shift_answer_start"
     ]
     assert not (tmp_path / "repairs.jsonl").exists()
+
+
+NOWHERE = {"text": "brolucizumab", "answer_start": 10}  # in no fixture context: cannot be repaired
+
+
+@pytest.mark.integration
+def test_the_pipeline_trains_on_the_fixture_and_a_failed_validate_keeps_the_last_reports(
+    tmp_path, tiny_model_dir
+):
+    """validate → tokenize → train under DVC on the repairable fixture plus one row no repair
+    can save (on_invalid: drop), every row accounted for; then a validate that fails on broken
+    data leaves the reports of the last good run in place (DVC deletes non-persistent outputs
+    before a run)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import make_tiny_project
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    proj = make_tiny_project(tmp_path / "proj", tiny_model_dir, env)
+    raw = proj / "data" / "raw" / "amd_qa"
+    shutil.rmtree(raw)
+    shutil.copytree(FIXTURE, raw)
+    doc = json.loads((raw / "train.json").read_text())
+    doc["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "unrepairable", "question": "Which drug is injected?", "answers": [NOWHERE]}
+    )
+    (raw / "train.json").write_text(json.dumps(doc))
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["validate"]["on_invalid"] = "drop"
+    params["train"]["epochs"] = 1
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def dvc(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=proj,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    res = dvc("repro", "train")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    reports = proj / "reports"
+    report = json.loads((reports / "validation.json").read_text())
+    assert report["rows_in"] == 16 and report["rejected"] == 1
+    assert report["rows_in"] == report["accepted"] + report["repaired"] + report["rejected"]
+    assert report["repaired"] == 9 and report["merged"] == 2
+    assert [r["id"] for r in read_jsonl(reports / "rejected.jsonl")] == ["unrepairable"]
+    checkpoint = proj / "models" / "checkpoint"
+    summary = json.loads((checkpoint / "medqa.json").read_text())
+    curve = json.loads((checkpoint / "train_curve.json").read_text())
+    assert summary["train_windows"] > 0 and summary["final_train_loss"] > 0
+    assert [r["epoch"] for r in curve] == [1] and curve[0]["train_loss"] > 0  # logged after steps
+
+    names = ("validation.json", "rejected.jsonl", "repairs.jsonl")
+    kept = {f: (reports / f).read_text() for f in names}
+    (raw / "train.json").write_text("{oops")
+    res = dvc("repro", "validate")
+    assert res.returncode != 0 and "train.json: invalid JSON at line 1" in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    assert {f: (reports / f).read_text() for f in kept} == kept
+    assert not list((proj / "data").glob(".validated.*"))

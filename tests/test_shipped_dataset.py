@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from medqa.config import ValidateParams
-from medqa.data import validate_squad_records
+from medqa.data import validate_records
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw" / "amd_qa"
@@ -59,7 +59,7 @@ def test_every_answer_is_an_exact_span_and_splits_are_disjoint():
 
 
 def test_pipeline_validation_accepts_every_row(tmp_path):
-    s = validate_squad_records(
+    s = validate_records(
         RAW, tmp_path / "v", tmp_path / "r.jsonl", tmp_path / "v.json", ValidateParams()
     )
     assert s.rejected == 0 and s.rows_in == sum(s.accepted.values()) >= 1500

@@ -42,7 +42,7 @@ def test_lazy_and_transitive_imports_count():
         "features.py",
         "config.py",
         "errors.py",
-        "atomic.py",
+        "fileio.py",
         "cli.py",
     } <= names
     assert "training.py" not in names and "registry.py" not in names
@@ -79,7 +79,7 @@ def test_a_module_edit_changes_the_train_fingerprint(monkeypatch, tmp_path):
 
 
 def test_reports_never_hold_nan(tmp_path):
-    from medqa.atomic import write_json_atomic, write_jsonl_atomic
+    from medqa.fileio import write_json_atomic, write_jsonl_atomic
 
     write_json_atomic(tmp_path / "m.json", {"f1": math.nan, "ci": (math.inf, 0.5), "n": 0})
     text = (tmp_path / "m.json").read_text()

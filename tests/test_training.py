@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # subprocess trainings, kills, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +157,21 @@ def test_same_seed_same_weights_and_dev_f1(workspace):
     )  # evaluate's
 
 
+def test_bf16_autocast_training_is_exactly_reproducible(workspace):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["precision"] = "bf16"
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    run_train(workspace, "a")
+    run_train(workspace, "b")
+    assert (
+        json.loads((workspace / "a" / "checkpoint" / "medqa.json").read_text())["precision"]
+        == "bf16"
+    )
+    a = weights(workspace, "a")
+    assert all(t.dtype == torch.float32 for t in a.values())  # autocast: the weights stay fp32
+    assert_same_weights(a, weights(workspace, "b"))
+
+
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     run_train(workspace, "straight")
     steps = json.loads((workspace / "straight" / "checkpoint" / "medqa.json").read_text())
@@ -174,8 +192,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(workspace):
     (state / "checkpoint-6" / "config.json").write_text("{}")
 
     again = run_train(workspace, "resumed")
-    assert "resuming from" in again.stdout and "checkpoint-4" in again.stdout
-    assert "removing incomplete checkpoint" in again.stdout and "checkpoint-6" in again.stdout
+    assert "resuming from" in again.stderr and "checkpoint-4" in again.stderr
+    assert "removing incomplete checkpoint" in again.stderr and "checkpoint-6" in again.stderr
     assert not state.exists()  # a finished training leaves no state to stand in for the next one
     assert_same_weights(weights(workspace, "straight"), weights(workspace, "resumed"))
     resumed = json.loads((workspace / "resumed" / "checkpoint" / "medqa.json").read_text())
@@ -199,12 +217,16 @@ def test_a_finished_training_is_never_resumed_and_a_rerun_logs_params(workspace)
     first = run_train(workspace, "a")
     assert not (workspace / "a" / "state").exists()
     shutil.rmtree(workspace / "mlruns")
-    again = run_train(workspace, "a")
-    assert "starting fresh" in again.stdout and "resuming" not in again.stdout
+    # as inside `dvc exp run -n nightly-42` (the Prefect flow's override runs): the run says so
+    exp = {"DVC_EXP_NAME": "nightly-42", "DVC_EXP_BASELINE_REV": "abc123"}
+    again = run_train(workspace, "a", extra_env=exp)
+    assert "starting fresh" in again.stderr and "resuming" not in again.stderr
     summary = json.loads((workspace / "a" / "checkpoint" / "medqa.json").read_text())
     assert summary["resumed_from_step"] == 0 and "trained on" in first.stdout
     (run,) = mlflow_runs(workspace)
     assert run.data.params["learning_rate"] == "0.001" and "train_fingerprint" in run.data.tags
+    assert run.data.tags["dvc_experiment"] == "nightly-42"
+    assert run.data.tags["dvc_experiment_baseline"] == "abc123"
 
 
 def test_changed_features_discard_the_state_of_a_killed_run(workspace):
@@ -219,7 +241,7 @@ def test_changed_features_discard_the_state_of_a_killed_run(workspace):
     assert (workspace / "k" / "state" / "checkpoint-2").exists()
     (workspace / "features" / "train" / "labels-changed.txt").write_text("new labels\n")
     again = run_train(workspace, "k")
-    assert "starting fresh" in again.stdout and "resuming" not in again.stdout
+    assert "starting fresh" in again.stderr and "resuming" not in again.stderr
 
 
 def test_one_trainer_per_state(workspace):

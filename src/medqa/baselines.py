@@ -5,8 +5,14 @@ from __future__ import annotations
 import re
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+# a word list reads best as words, not as 68 quoted items
 _STOP = set(
-    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are", "was", "were", "be", "been", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "does", "do", "did", "can", "could", "should", "would", "will", "may", "might", "it", "its", "this", "that", "these", "those", "as", "into", "about", "than", "then", "there", "their", "they", "i", "you", "he", "she", "we", "my", "your", "his", "her", "our"]
+    """
+    a an the of in on at to for from by with and or is are was were be been what which who
+    whom whose when where why how does do did can could should would will may might it its
+    this that these those as into about than then there their they i you he she we my your his
+    her our
+    """.split()  # noqa: SIM905
 )
 
 

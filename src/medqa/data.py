@@ -45,22 +45,30 @@ Rules. Each check's name is the reason a rejected row shows (``column:check`` fo
 - context_in_two_splits, question_on_context_in_two_splits: leakage between splits. The rows of the
   earliest split (train, then dev, then test) are kept and the others rejected; a repeated question
   is named by both checks, a new question on a repeated context by the first only.
+- question:at_most_N_tokens (the validate stage): a question must leave room for a window of context
+  (``medqa.features.max_question_tokens``) for ``base_model``'s tokenizer and the tokenize settings;
+  the rejected row shows its ``question_tokens``.
 - id:non_empty_id, id:unique_id, question/context:non_empty_text, question/context:at_most_N_chars,
   split:known_split.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import gzip
 import hashlib
 import io
 import json
 import math
+import os
 import re
+import shutil
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +78,9 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow
 
-from medqa.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from medqa.config import ValidateParams
 from medqa.errors import DataError, first_line
+from medqa.fileio import atomic_dir, write_json_atomic, write_jsonl_atomic
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
@@ -301,7 +309,8 @@ def _read_squad(path: Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
     """Parsed line by line (not pd.read_json) so a bad record is reported with its line number."""
-    records, columns = [], set()
+    records: list[dict[str, Any]] = []
+    columns: set[str] = set()
     for n, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -348,6 +357,7 @@ def _read_flat(path: Path, fmt: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     rows = []
     for i, rec in enumerate(records):
+        answers: Any
         if "answer_text" in columns:
             text = _scalar(rec.get("answer_text"))
             answers = (
@@ -379,9 +389,8 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
 
     try:
         obj = datasets.load_from_disk(source) if saved else datasets.load_dataset(source)
-    except (
-        Exception
-    ) as e:  # datasets and the hub client raise many unrelated types; all mean "cannot load"
+    # datasets and the hub client raise many unrelated types; all mean "cannot load"
+    except Exception as e:  # noqa: BLE001
         if saved:
             raise DataError(f"{source}: cannot load the saved dataset: {first_line(e)}") from None
         if Path(source).exists():
@@ -430,6 +439,8 @@ def _inputs(raw_path: Path, fmt: str) -> list[tuple[Path, str]]:
         raise DataError(
             f"{raw_path}: no such file or folder (for a hub dataset set validate.format: hf)"
         )
+    if not raw_path.is_file() and not raw_path.is_dir():
+        raise DataError(f"{raw_path}: not a file or folder (a device, socket or pipe)")
     if raw_path.is_file():
         kind = _file_format(raw_path) if fmt == "auto" else fmt
         if kind is None:
@@ -437,12 +448,13 @@ def _inputs(raw_path: Path, fmt: str) -> list[tuple[Path, str]]:
                 f"{raw_path}: unknown format: expected {KNOWN_FILES} (or set validate.format)"
             )
         return [(raw_path, kind)]
-    inputs, unknown = [], []
+    inputs: list[tuple[Path, str]] = []
+    unknown = []
     for f in sorted(raw_path.iterdir()):
         if _ignored(f):
             continue
-        if f.is_file() and _file_format(f):
-            inputs.append((f, _file_format(f) if fmt == "auto" else fmt))
+        if f.is_file() and (kind := _file_format(f)):
+            inputs.append((f, kind if fmt == "auto" else fmt))
         elif fmt == "auto" and is_saved_hf_dataset(f):
             inputs.append((f, "hf"))
         else:
@@ -633,10 +645,38 @@ def _no_leak(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     return rank == earliest
 
 
-def build_schema(params: ValidateParams) -> pa.DataFrameSchema:
+@dataclass(frozen=True)
+class QuestionLimit:
+    """The longest question, in tokens, that fits beside a window of context for the base model's
+    tokenizer and the tokenize settings (``medqa.features.question_limit`` builds it). Limits in
+    characters cannot say this: a 998-character question passes them and then stops tokenize."""
+
+    max_tokens: int
+    count: Callable[[list[str]], list[int]]  # tokens of each question, as tokenize counts them
+    setting: str  # the model and settings the limit is for, as the messages name them
+
+    @property
+    def check_name(self) -> str:
+        return f"at_most_{self.max_tokens}_tokens"
+
+    def fits(self, questions: pd.Series) -> pd.Series:
+        """True where a question fits; values that are not text pass (non_empty_text names them)."""
+        texts = {i: v for i, v in questions.items() if isinstance(v, str)}
+        counts = dict(zip(texts, self.count(list(texts.values()))))
+        return pd.Series(
+            [counts.get(i, 0) <= self.max_tokens for i in questions.index],
+            index=questions.index,
+            dtype=bool,
+        )
+
+
+def build_schema(
+    params: ValidateParams, question_limit: QuestionLimit | None = None
+) -> pa.DataFrameSchema:
     """The pandera schema every QA row must pass; check names are the reasons users see.
 
     Checks run with ``ignore_na=False``: a missing id, question or split is a failure, not a skip.
+    With ``question_limit``, a question too long in tokens fails ``question:at_most_N_tokens``.
     """
 
     def each(fn: Callable[[Any], bool], name: str) -> pa.Check:
@@ -657,7 +697,15 @@ def build_schema(params: ValidateParams) -> pa.DataFrameSchema:
                 ],
                 nullable=True,
             ),
-            "question": pa.Column(checks=text_checks(params.max_question_chars), nullable=True),
+            "question": pa.Column(
+                checks=text_checks(params.max_question_chars)
+                + (
+                    [pa.Check(question_limit.fits, ignore_na=False, name=question_limit.check_name)]
+                    if question_limit
+                    else []
+                ),
+                nullable=True,
+            ),
             "context": pa.Column(checks=text_checks(params.max_context_chars), nullable=True),
             "split": pa.Column(checks=each(lambda v: v in SPLITS, "known_split"), nullable=True),
         },
@@ -880,6 +928,81 @@ def repair_records(df: pd.DataFrame) -> Repaired:
     return Repaired(df.drop(index=list(merged_into)), records, merged_into)
 
 
+# --- outputs: written whole or not at all, and what killed runs left behind cleaned up ---
+
+
+def _unheld(folder: Path) -> bool:
+    """Whether no process holds a lock on ``folder`` (``stage_output_dir`` holds one on its temp
+    folder until the rename): such a temp folder belongs to a run that was killed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False  # gone already, or not ours to read
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(path: Path) -> list[Path]:
+    """Remove what killed runs writing ``path`` left beside it, and return it: ``.<name>.tmp-*``
+    temp folders no live process holds a lock on, and ``.<name>.old-<pid>`` folders of a process
+    that is gone (the previous output, moved aside for the swap: put back if ``path`` is missing,
+    as the last good output). Other outputs' temp folders are never touched."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for f in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        if not f.is_dir() or f.is_symlink():
+            continue
+        kind, _, pid = f.name[len(path.name) + 2 :].partition("-")
+        orphaned_old = kind == "old" and pid.isdigit() and not _pid_alive(int(pid))
+        if orphaned_old and not path.exists():
+            os.replace(f, path)
+        elif orphaned_old or (kind == "tmp" and _unheld(f)):
+            shutil.rmtree(f, ignore_errors=True)
+            removed.append(f)
+    return removed
+
+
+@contextmanager
+def stage_output_dir(path: Path) -> Iterator[Path]:
+    """``atomic_dir`` for a stage's output folder, after removing what killed runs left beside it.
+
+    The temp folder is locked (flock, which dies with the process) from just after it is made until
+    it has been renamed into place, so a run cleaning up never removes a live run's temp folder (but
+    for the instant between mkdtemp and flock, which only two runs writing one output at once meet).
+    """
+    remove_stale_temp_dirs(path)
+    fds: list[int] = []
+
+    def close_all() -> None:
+        for fd in fds:
+            os.close(fd)
+
+    with ExitStack() as stack:
+        stack.callback(close_all)  # runs last: after the rename
+        tmp = stack.enter_context(atomic_dir(path))
+        fds.append(os.open(tmp, os.O_RDONLY))
+        fcntl.flock(fds[0], fcntl.LOCK_EX)
+        yield tmp
+
+
 @dataclass(frozen=True)
 class ValidationSummary:
     """What happened to every row read: rows_in == accepted + repaired + rejected, always.
@@ -913,11 +1036,13 @@ class ValidationSummary:
         }
 
 
-def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, list[str]]:
+def find_invalid_rows(
+    df: pd.DataFrame, params: ValidateParams, question_limit: QuestionLimit | None = None
+) -> dict[int, list[str]]:
     """Map frame position → sorted names of the checks that row fails (all failures, lazily collected)."""
     df = df.reset_index(drop=True)
     try:
-        build_schema(params).validate(df, lazy=True)
+        build_schema(params, question_limit).validate(df, lazy=True)
         return {}
     except pa.errors.SchemaErrors as err:
         fc = err.failure_cases
@@ -935,14 +1060,34 @@ def find_invalid_rows(df: pd.DataFrame, params: ValidateParams) -> dict[int, lis
     return {i: sorted(labels) for i, labels in reasons.items()}
 
 
+def _question_tokens(
+    df: pd.DataFrame, reasons: dict[int, list[str]], limit: QuestionLimit | None
+) -> dict[int, int]:
+    """Length in tokens of each question rejected for its length in tokens, to show beside it."""
+    if limit is None:
+        return {}
+    label = f"question:{limit.check_name}"
+    too_long = [i for i, r in reasons.items() if label in r]
+    return dict(zip(too_long, limit.count([df.at[i, "question"] for i in too_long])))
+
+
 def _failure_summary(
-    df: pd.DataFrame, reasons: dict[int, list[str]], by_check: dict[str, int]
+    df: pd.DataFrame,
+    reasons: dict[int, list[str]],
+    by_check: dict[str, int],
+    tokens: dict[int, int],
+    limit: QuestionLimit | None,
 ) -> str:
     lines = [f"{len(reasons)} of {len(df)} rows failed validation:"]
     lines += [f"  {check}: {n}" for check, n in by_check.items()]
+    if tokens and limit:
+        lines.append(f"  (a question takes at most {limit.max_tokens} tokens for {limit.setting})")
     for i in sorted(reasons)[:MAX_ROWS_SHOWN]:
         row = df.loc[i]
-        lines.append(f"  {row['source']} {row['row']} id={row['id']!r}: {', '.join(reasons[i])}")
+        length = f" (question: {tokens[i]} tokens)" if i in tokens else ""
+        lines.append(
+            f"  {row['source']} {row['row']} id={row['id']!r}: {', '.join(reasons[i])}{length}"
+        )
     if len(reasons) > MAX_ROWS_SHOWN:
         lines.append(f"  ... and {len(reasons) - MAX_ROWS_SHOWN} more")
     lines.append(
@@ -957,7 +1102,7 @@ def _shown_id(v: Any) -> str | None:
     return v if v is None or isinstance(v, str) else repr(v)
 
 
-def validate_squad_records(
+def validate_records(
     raw_path: Path,
     out_dir: Path,
     rejected_path: Path,
@@ -965,6 +1110,7 @@ def validate_squad_records(
     params: ValidateParams,
     *,
     repairs_path: Path | None = None,
+    question_limit: QuestionLimit | None = None,
 ) -> ValidationSummary:
     """Validate raw QA data and write ``out_dir/{train,dev,test}.jsonl``; raise on bad rows in fail mode.
 
@@ -972,23 +1118,27 @@ def validate_squad_records(
     written go to ``repairs_path`` (default: repairs.jsonl beside ``rejected_path``), always written, empty
     when there are none. A merged row is rejected with the row it was merged into, with that row's reasons
     and duplicate_question_on_context, so that every row read is accounted for.
+    With ``question_limit`` (the CLI always gives one), a question too long in tokens is rejected,
+    its length in tokens shown (``question_tokens`` in the rejected-rows file).
     """
     df = read_qa_records(raw_path, params.format, require_splits=True).reset_index(drop=True)
     fixed = repair_records(df) if params.repair else Repaired(df, {}, {})
     reasons = {
-        int(fixed.frame.index[i]): r for i, r in find_invalid_rows(fixed.frame, params).items()
+        int(fixed.frame.index[i]): r
+        for i, r in find_invalid_rows(fixed.frame, params, question_limit).items()
     }
     for j, first in fixed.merged_into.items():
         if first in reasons:
             reasons[j] = sorted({*reasons[first], "duplicate_question_on_context"})
     reasons = dict(sorted(reasons.items()))
     by_check = dict(Counter(r for rs in reasons.values() for r in rs).most_common())
+    tokens = _question_tokens(df, reasons, question_limit)
     if reasons and params.on_invalid == "fail":
-        raise DataError(_failure_summary(df, reasons, by_check))
+        raise DataError(_failure_summary(df, reasons, by_check, tokens, question_limit))
     repairs = {i: recs for i, recs in fixed.records.items() if i not in reasons}
     keep = fixed.frame.drop(index=[i for i in reasons if i in fixed.frame.index])
     accepted, repaired, written = {}, {}, {}
-    with atomic_dir(out_dir) as tmp:
+    with stage_output_dir(out_dir) as tmp:
         for split in SPLITS:
             part = keep[keep["split"] == split]
             written[split] = write_jsonl_atomic(
@@ -1002,6 +1152,7 @@ def validate_squad_records(
             "source": df.at[i, "source"],
             "row": df.at[i, "row"],
             "reasons": reasons[i],
+            **({"question_tokens": tokens[i]} if i in tokens else {}),
         }
         for i in reasons
     ]

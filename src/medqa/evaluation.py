@@ -26,23 +26,30 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, RunTag
 from transformers import PreTrainedModel
 
-from medqa.atomic import (
+from medqa.baselines import lexical_answer
+from medqa.config import DecodeParams, EvaluateParams, ValidateParams
+from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
+from medqa.device import to_inference_device
+from medqa.errors import DataError
+from medqa.fileio import (
     read_jsonl,
     strict_json,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
 )
-from medqa.baselines import lexical_answer
-from medqa.config import DecodeParams, EvaluateParams, ValidateParams
-from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
-from medqa.device import to_inference_device
-from medqa.errors import DataError
 from medqa.metrics import score_question
-from medqa.predictor import load_saved_model, score_saved_model
-from medqa.scoring import decide, decide_timed, f1_of, gold_texts, summarize
+from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
+from medqa.predictor import (
+    load_saved_model,
+    precision_context,
+    resolve_inference_precision,
+    score_saved_model,
+)
+from medqa.scoring import f1_of, gold_texts, span_decisions, span_decisions_timed, summarize
 from medqa.tracking import configure_tracking, file_md5
 
 
@@ -57,7 +64,7 @@ def measure_speed(
     """Batched questions/s and p50/p95 latency of one question (all of its windows) at a time.
 
     ``batched_seconds`` is the timed forward over all of ``features`` in batches of ``batch_size``
-    (``decide_timed`` on the test split), so throughput costs no extra pass; only the first
+    (``span_decisions_timed`` on the test split), so throughput costs no extra pass; only the first
     ``n_single`` questions are run again, one at a time, for latency.
     """
     if not features:
@@ -103,8 +110,9 @@ def error_report(
         lines += ["", f"## {t}", ""]
         for r in rows[:per_type]:
             gold = " | ".join(r["gold_answers"]) or "(no answer)"
+            predicted = r["prediction"] or "(abstained)"
             lines.append(
-                f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {r['prediction'] or '(abstained)'}"
+                f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {predicted}"
             )
     return "\n".join(lines) + "\n"
 
@@ -129,14 +137,18 @@ def _tuned_predictions(
 ) -> tuple[float, list[SpanDecision], float, dict[str, Any]]:
     """Threshold tuned on dev, the test decisions it will be applied to, the test pass's seconds,
     and dev EM/F1 at that threshold (the figure a recipe study selects on)."""
-    dev_dec = decide(model, dev[0], dev[1], decode, batch_size, pad_id)
+    dev_dec = span_decisions(model, dev[0], dev[1], decode, batch_size, pad_id)
     thr, _ = (
         tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of)
         if dev_dec
         else (0.0, 0.0)
     )
     dev_scores = summarize([d.answer(thr) for d in dev_dec], dev[1]) if dev_dec else {}
-    return (thr, *decide_timed(model, test[0], test[1], decode, batch_size, pad_id), dev_scores)
+    return (
+        thr,
+        *span_decisions_timed(model, test[0], test[1], decode, batch_size, pad_id),
+        dev_scores,
+    )
 
 
 def _prediction_records(
@@ -197,37 +209,39 @@ def evaluate_checkpoint(
     from transformers import set_seed
 
     from medqa.device import keep_freed_memory
-    from medqa.modelsource import load_qa_model, load_tokenizer
 
     keep_freed_memory()
     model_dir, reports_dir = Path(model_dir), Path(reports_dir)
     config = json.loads((model_dir / "medqa.json").read_text())
     tokenizer = load_tokenizer(str(model_dir))
-    pad_id = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     model = to_inference_device(load_qa_model(str(model_dir)))
+    # every pass at the precision the model will be served with, so test F1 is the served F1
+    precision, precision_reason = resolve_inference_precision(params.precision, model.device)
     dev, test = (
         _load_split(features_dir, validated_dir, "dev"),
         _load_split(features_dir, validated_dir, "test"),
     )
     test_rows = test[1]
-    thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
-        model, dev, test, params.decode, params.batch_size, pad_id
-    )
+    with precision_context(model, precision):
+        thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
+            model, dev, test, params.decode, params.batch_size, pad
+        )
+        speed = measure_speed(model, test[0], params.batch_size, pad, test_seconds)
+        set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
+        base_dec = span_decisions(
+            to_inference_device(load_qa_model(base_model)),
+            test[0],
+            test_rows,
+            params.decode,
+            params.batch_size,
+            pad,
+        )
     preds = [d.answer(thr) for d in test_dec]
     metrics = summarize(preds, test_rows, params.bootstrap_samples)
-    speed = measure_speed(model, test[0], params.batch_size, pad_id, test_seconds)
 
     # Baselines on the same split in the same run.
     lexical = summarize([lexical_answer(r["question"], r["context"]) for r in test_rows], test_rows)
-    set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
-    base_dec = decide(
-        to_inference_device(load_qa_model(base_model)),
-        test[0],
-        test_rows,
-        params.decode,
-        params.batch_size,
-        pad_id,
-    )
     # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
     # bound (and one dev pass is saved).
     base_thr, _ = (
@@ -237,7 +251,7 @@ def evaluate_checkpoint(
     )
     untrained = summarize([d.answer(base_thr) for d in base_dec], test_rows)
     baselines = {"lexical_window": lexical["f1"], "base_model_untrained": untrained["f1"]}
-    best_name = max(baselines, key=baselines.get)
+    best_name = max(baselines, key=lambda k: baselines[k])
 
     report = {
         "split": "test",
@@ -252,6 +266,8 @@ def evaluate_checkpoint(
         "speed": speed,
         "speed_device": str(model.device),
         "backend": config.get("backend"),
+        "precision": precision,
+        "precision_reason": precision_reason,
     }
     decoding = {
         "n_best": params.decode.n_best,
@@ -259,6 +275,7 @@ def evaluate_checkpoint(
         "null_threshold": thr,
         "max_seq_length": config["max_seq_length"],
         "doc_stride": config["doc_stride"],
+        "precision": precision,
     }
     _write_reports(
         reports_dir, report, decoding, _prediction_records(test_rows, preds, test_dec), "test split"
@@ -267,27 +284,45 @@ def evaluate_checkpoint(
     if curve is not None:
         write_json_atomic(reports_dir / "train_curve.json", curve)
     if config.get("run_id"):
-        configure_tracking()
-        with mlflow.start_run(run_id=config["run_id"]):
-            mlflow.log_metrics(
-                {
-                    "test_f1": metrics["f1"],
-                    "test_em": metrics["exact"],
-                    "test_has_ans_f1": metrics["has_ans_f1"],
-                    "test_no_ans_f1": metrics["no_ans_f1"],
-                    "null_threshold": thr,
-                    "lead_over_best_baseline": report["lead_over_best_baseline"],
-                }
-                | {f"baseline_f1_{k}": v for k, v in baselines.items()}
-                | {k: v for k, v in speed.items()}
-            )
-            if curve and dev_scores:
-                mlflow.log_metrics(
-                    {"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]},
-                    step=curve[-1]["epoch"],
-                )
-            mlflow.log_dict(strict_json(report), "evaluation/metrics.json")
+        scores = (
+            {
+                "test_f1": metrics["f1"],
+                "test_em": metrics["exact"],
+                "test_has_ans_f1": metrics["has_ans_f1"],
+                "test_no_ans_f1": metrics["no_ans_f1"],
+                "null_threshold": thr,
+                "lead_over_best_baseline": report["lead_over_best_baseline"],
+            }
+            | {f"baseline_f1_{k}": v for k, v in baselines.items()}
+            | dict(speed)
+        )
+        last_dev = (
+            ({"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]}, curve[-1]["epoch"])
+            if curve and dev_scores
+            else None
+        )
+        _log_to_training_run(config["run_id"], scores, last_dev, precision, report)
     return report
+
+
+def _log_to_training_run(
+    run_id: str,
+    scores: dict[str, Any],
+    dev: tuple[dict[str, float], int] | None,
+    precision: str,
+    report: dict[str, Any],
+) -> None:
+    """Test scores (and the last epoch's dev point) onto the training run through the client,
+    without reopening the run: reopening would move its end time, so an 18-minute training would
+    show evaluation's minutes as its own."""
+    configure_tracking()
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in scores.items() if v is not None]
+    if dev is not None:
+        metrics += [Metric(k, v, now, dev[1]) for k, v in dev[0].items() if v is not None]
+    client = mlflow.MlflowClient()
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag("inference_precision", precision)])
+    client.log_dict(run_id, strict_json(report), "evaluation/metrics.json")
 
 
 def validate_eval_file(
@@ -361,6 +396,7 @@ def evaluate_model(
     validate: ValidateParams,
     params: EvaluateParams,
     decoding_file: Path | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Score a saved model folder or a registered model (models:/name@alias, models:/name/version) on
     a validated split or a user's data file, as the model is served: its own tokenizer, windows,
@@ -381,15 +417,17 @@ def evaluate_model(
             folder, name, version = fetch_registered_model(model, Path(tmp))
         else:
             folder = Path(model)
-        saved = load_saved_model(folder, decoding_file)
+        saved = load_saved_model(folder, decoding_file, precision=precision)
         threshold_from = (
             f"models:/{name}/{version} (its decoding.json)"
             if version and not decoding_file
             else str(saved.settings_file)
         )
         decisions, features, seconds = score_saved_model(saved, rows, labels, params.batch_size)
-        pad_id = saved.tokenizer.pad_token_id or 0
-        speed = measure_speed(saved.model, features, params.batch_size, pad_id, seconds)
+        with precision_context(saved.model, saved.precision):
+            speed = measure_speed(
+                saved.model, features, params.batch_size, pad_id(saved.tokenizer), seconds
+            )
     preds = [d.answer(saved.threshold) for d in decisions]
     metrics = summarize(preds, rows, params.bootstrap_samples)
     lexical = summarize([lexical_answer(r["question"], r["context"]) for r in rows], rows)
@@ -405,6 +443,8 @@ def evaluate_model(
         "lead_over_best_baseline": metrics["f1"] - lexical["f1"],
         "speed": speed,
         "speed_device": str(saved.model.device),
+        "precision": saved.precision,
+        "precision_reason": saved.precision_reason,
     }
     decoding = {
         "n_best": saved.decode.n_best,
@@ -412,6 +452,7 @@ def evaluate_model(
         "null_threshold": saved.threshold,
         "max_seq_length": saved.tokenize.max_seq_length,
         "doc_stride": saved.tokenize.doc_stride,
+        "precision": saved.precision,
     }
     _write_reports(
         Path(reports_dir),

@@ -12,25 +12,30 @@ import random
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
-from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import TokenizeParams
-from medqa.data import SPLITS
-from medqa.errors import ConfigError
+from medqa.data import SPLITS, QuestionLimit, stage_output_dir
+from medqa.errors import ConfigError, DataError, first_line
+from medqa.fileio import read_jsonl, write_json_atomic
 from medqa.modelsource import load_model_config, load_tokenizer, usable_positions
 
 NO_OFFSET = (-1, -1)  # marks question, special and padding tokens: never part of an answer
 SUBSET_SEED = 0  # fixed: the same questions every time, so learning-curve points are comparable
 
 
-def check_window_fits(config: PreTrainedConfig, max_seq_length: int, model_name: str) -> None:
+def check_window_fits(
+    config: PreTrainedConfig,
+    max_seq_length: int,
+    model_name: str,
+    setting: str = "tokenize.max_seq_length",
+) -> None:
     """Refuse windows longer than the model has positions for.
 
     Past the last absolute position the embedding lookup fails with an index error deep inside the
-    first training step (or, with relative or rotary positions, the model runs on lengths it was
-    never trained on); here the message names the setting to change.
+    first training step, or of the first long context at predict time (or, with relative or rotary
+    positions, the model runs on lengths it was never trained on); here the message names the
+    ``setting`` to change: params.yaml's at tokenize, a saved model's decoding.json on loading it.
     """
     usable = usable_positions(config)
     if usable is None or max_seq_length <= usable:
@@ -38,10 +43,71 @@ def check_window_fits(config: PreTrainedConfig, max_seq_length: int, model_name:
     rows = config.max_position_embeddings
     offset = f" less the padding offset {rows - usable}" if rows != usable else ""
     raise ConfigError(
-        f"tokenize.max_seq_length {max_seq_length} is longer than {model_name} takes: "
+        f"{setting} {max_seq_length} is longer than {model_name} takes: "
         f"{usable} tokens (max_position_embeddings {rows}{offset}); "
-        f"set tokenize.max_seq_length to at most {usable}"
+        f"set {setting} to at most {usable}"
     )
+
+
+def max_question_tokens(tokenizer: PreTrainedTokenizerBase, params: TokenizeParams) -> int:
+    """The longest question, in tokens, that windows of ``params`` take beside a context.
+
+    The tokenizer needs room for more than doc_stride context tokens beside the question, or it
+    fails (an exception, or a Rust panic that no ``except Exception`` catches); half a stride more
+    bounds the number of windows of a long context. The predictor refuses longer questions with the
+    same bound, so a row that validate accepts is one that tokenize, evaluate and predict take.
+    """
+    return (
+        params.max_seq_length
+        - tokenizer.num_special_tokens_to_add(pair=True)
+        - params.doc_stride
+        - params.doc_stride // 2
+    )
+
+
+def question_lengths(tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> list[int]:
+    """Each question's length in tokens as ``encode_windows`` tokenizes it (left-stripped, without
+    special tokens)."""
+    if not questions:
+        return []
+    ids = tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def question_limit(base_model: str, params: TokenizeParams) -> QuestionLimit:
+    """The token limit on questions for the validate stage: the base model's tokenizer only (no
+    weights), so that validate rejects a question too long for the windows instead of tokenize
+    failing on it."""
+    tokenizer = load_tokenizer(base_model)
+    return QuestionLimit(
+        max_tokens=max_question_tokens(tokenizer, params),
+        count=lambda questions: question_lengths(tokenizer, questions),
+        setting=(
+            f"{base_model} with tokenize.max_seq_length {params.max_seq_length} and "
+            f"doc_stride {params.doc_stride}"
+        ),
+    )
+
+
+def refuse_long_questions(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    params: TokenizeParams,
+    source: Path,
+) -> None:
+    """Stop with the row named when a question is too long for the windows. Validate rejects such
+    rows with the same settings; this catches validated data left from other settings, which the
+    tokenizer would otherwise fail on mid-stage (or abort the process with a panic)."""
+    limit = max_question_tokens(tokenizer, params)
+    lengths = question_lengths(tokenizer, [r["question"] for r in rows])
+    for line, (row, n) in enumerate(zip(rows, lengths), start=1):
+        if n > limit:
+            raise DataError(
+                f"{source} line {line} id={row.get('id')!r}: question has {n} tokens; windows of "
+                f"tokenize.max_seq_length {params.max_seq_length} and doc_stride "
+                f"{params.doc_stride} take at most {limit}: rerun medqa validate with these "
+                "settings and base_model (it rejects such rows)"
+            )
 
 
 def encode_windows(
@@ -135,16 +201,57 @@ def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, 
     return [rows[i] for i in keep]
 
 
+def _is_validated_row(row: Any) -> bool:
+    """The fields tokenize reads, in the types validate writes them."""
+    return (
+        isinstance(row, dict)
+        and all(isinstance(row.get(k), str) for k in ("question", "context"))
+        and isinstance(row.get("answers"), list)
+        and all(
+            isinstance(a, dict)
+            and isinstance(a.get("text"), str)
+            and isinstance(a.get("answer_start"), int)
+            for a in row["answers"]
+        )
+    )
+
+
+def read_validated(path: Path) -> list[dict[str, Any]]:
+    """A split file written by validate, or one line saying why it cannot be read (missing: validate
+    has not run; unreadable or not JSON lines of questions: it was not written by validate)."""
+    try:
+        rows = read_jsonl(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; run medqa validate first") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(
+            f"{path}: not validated data ({first_line(e)}); rerun medqa validate"
+        ) from None
+    for line, row in enumerate(rows, start=1):
+        if not _is_validated_row(row):
+            raise DataError(
+                f"{path} line {line}: not a validated row (question, context, answers); "
+                "rerun medqa validate"
+            )
+    return rows
+
+
 def tokenize_splits(
     validated_dir: Path, out_dir: Path, base_model: str, params: TokenizeParams
 ) -> dict[str, int]:
     """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets."""
+    from datasets import Dataset  # here: validate imports this module for question_limit only
+
     check_window_fits(load_model_config(base_model), params.max_seq_length, base_model)
     tokenizer = load_tokenizer(base_model)
     counts: dict[str, int] = {}
-    with atomic_dir(out_dir) as tmp:
+    with stage_output_dir(out_dir) as tmp:
         for split in SPLITS:
-            rows = read_jsonl(Path(validated_dir) / f"{split}.jsonl")
+            path = Path(validated_dir) / f"{split}.jsonl"
+            rows = read_validated(path)
+            refuse_long_questions(tokenizer, rows, params, path)
             if split == "train":
                 rows = train_subset(rows, params.train_fraction)
             if not rows:

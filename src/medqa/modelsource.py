@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from transformers import (
@@ -106,9 +108,25 @@ def _local_folder(source: str) -> Path | None:
     return Path(cached).parent if isinstance(cached, str) else None
 
 
+def _offline_source(name: str) -> str:
+    """``resolve_model_source``, refusing a hub name the local cache lacks while the hub is off
+    limits (HF_HUB_OFFLINE): transformers would blame a failed connection, which reads like a
+    network fault rather than a model never downloaded."""
+    source = resolve_model_source(name)
+    if Path(source).is_dir() or not hub_constants.is_offline_mode():
+        return source
+    if _local_folder(source) is None:
+        raise ModelError(
+            f"{name}: not in the local Hugging Face cache ({hub_constants.HF_HUB_CACHE}), and "
+            "HF_HUB_OFFLINE forbids downloading it; download it once where there is a network "
+            f"(hf download {name}) or set base_model to a local folder"
+        )
+    return source
+
+
 def load_model_config(name: str) -> PreTrainedConfig:
     """The model config (config.json) of ``name``, without loading weights."""
-    source = resolve_model_source(name)
+    source = _offline_source(name)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -164,10 +182,16 @@ def _check_safetensors(folder: Path) -> None:
             ) from None
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, or 0 for one without (padded
+    positions are masked out of attention, so any id in the vocabulary does)."""
+    return tokenizer.pad_token_id or 0
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The fast tokenizer of ``name`` (offsets need a fast tokenizer), checked against the model's
     embedding: a token id past its last row would fail in the middle of training."""
-    source = resolve_model_source(name)
+    source = _offline_source(name)
     folder = _local_folder(source)
     if folder is not None:
         _check_tokenizer_files(name, folder)
@@ -197,7 +221,7 @@ def load_qa_model(name: str) -> PreTrainedModel:
     Attention is SDPA where the architecture implements it, eager otherwise; the choice is readable
     as ``model.config._attn_implementation``.
     """
-    source = resolve_model_source(name)
+    source = _offline_source(name)
     folder = _local_folder(source)
     if folder is not None:
         _check_safetensors(folder)

@@ -7,24 +7,77 @@ The CLI, batch files and the MLflow pyfunc (hence ``mlflow models serve``) all g
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
-from medqa.device import to_inference_device
-from medqa.errors import DataError, ModelError
-from medqa.features import build_eval_features
-from medqa.modelsource import load_qa_model, load_tokenizer
-from medqa.scoring import decide_timed
+from medqa.device import cpu_bf16_features, to_inference_device
+from medqa.errors import ConfigError, DataError, ModelError
+from medqa.features import build_eval_features, check_window_fits
+from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
+from medqa.scoring import span_decisions_timed
 
 DECODING_FILE = "decoding.json"
+# What a model's arithmetic runs in. The evaluate stage records the one it measured test F1 at in
+# decoding.json ("precision"), so the registered model is served as it was scored; a model folder
+# without one was scored in fp32.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def explain_inference_precision(
+    requested: str, device_type: str, gpu_bf16: bool, cpu_features: Sequence[str]
+) -> tuple[str, str]:
+    """(precision, why) of evaluate.precision / --precision ``requested`` on a device of this kind.
+
+    auto: bf16 autocast where the hardware multiplies bf16 natively: a CPU with avx512_bf16 or AMX
+    (the shipped checkpoint on a 2-core AMD EPYC with avx512_bf16: test F1 0.4609 against fp32's
+    0.4593, 1.5-1.8x the windows/s; docs/benchmarks.md), a GPU with bf16; fp16 on other GPUs; fp32
+    elsewhere, where oneDNN would emulate bf16. fp16 is refused on a CPU: bf16 is its half precision.
+    """
+    if requested not in ("auto", *PRECISIONS):
+        raise ConfigError(f"precision {requested!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if requested == "fp16" and device_type == "cpu":
+        raise ConfigError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+    if requested != "auto":
+        return requested, "set explicitly"
+    if device_type == "cpu":
+        if cpu_features:
+            return "bf16", f"CPU has native bf16 ({', '.join(cpu_features)}): bf16 autocast"
+        return "fp32", "CPU without native bf16 (no avx512_bf16 or amx_bf16): fp32"
+    if gpu_bf16:
+        return "bf16", f"{device_type} GPU with native bf16: bf16 autocast"
+    return "fp16", f"{device_type} GPU without native bf16: fp16 autocast"
+
+
+def resolve_inference_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """``explain_inference_precision`` with this machine's facts for ``device``."""
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    features = cpu_bf16_features() if device.type == "cpu" else ()
+    return explain_inference_precision(requested, device.type, gpu_bf16, features)
+
+
+def precision_context(model: PreTrainedModel, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` on the model's device (nothing for fp32).
+
+    Autocast, not weights cast to bf16: matrix products run in bf16 while softmax, layer norm and the
+    logits stay fp32, which keeps the answers of the fp32 model (see docs/benchmarks.md).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
 # texts are split into sliding windows like any other, but one request must stay bounded in time.
 MAX_CONTEXT_CHARS = 200_000
@@ -55,17 +108,41 @@ class SavedModel:
     decode: DecodeParams
     threshold: float
     settings_file: Path
+    precision: str = "fp32"
+    precision_reason: str = ""
+
+
+def _served_precision(
+    requested: str | None, recorded: Any, settings_file: Path, device: torch.device
+) -> tuple[str, str]:
+    """(precision, why): ``requested`` when given, else the one the model was scored at."""
+    if requested is not None:
+        return resolve_inference_precision(requested, device)
+    if recorded is None:
+        return "fp32", f"none recorded in {settings_file}: scored in fp32"
+    if recorded not in PRECISIONS:
+        raise ModelError(
+            f"{settings_file}: precision {recorded!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    if recorded == "fp16" and device.type == "cpu":
+        precision, why = resolve_inference_precision("auto", device)
+        return precision, f"scored in fp16 on a GPU, which a CPU cannot run; auto: {why}"
+    return recorded, f"the precision its test F1 was measured at ({settings_file})"
 
 
 def load_saved_model(
-    folder: Path, decoding_file: Path | None = None, device: str = "auto"
+    folder: Path,
+    decoding_file: Path | None = None,
+    device: str = "auto",
+    precision: str | None = None,
 ) -> SavedModel:
     """Weights (safetensors only), tokenizer and recorded decoding settings of a model folder.
 
-    The settings (windows, n-best, answer length, abstention threshold) come from ``decoding_file``,
-    by default the folder's own decoding.json, which the register stage bundles with every version.
-    A checkpoint straight from training has none: its threshold is in the evaluate stage's
-    reports/decoding.json.
+    The settings (windows, n-best, answer length, abstention threshold, precision) come from
+    ``decoding_file``, by default the folder's own decoding.json, which the register stage bundles
+    with every version. A checkpoint straight from training has none: its threshold is in the
+    evaluate stage's reports/decoding.json. ``precision`` (auto, fp32, bf16, fp16) overrides the
+    recorded one, e.g. fp32 on a machine whose bf16 is slow.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -83,15 +160,24 @@ def load_saved_model(
         tokenize = TokenizeParams(int(settings["max_seq_length"]), int(settings["doc_stride"]))
         decode = DecodeParams(int(settings["n_best"]), int(settings["max_answer_length"]))
         threshold = float(settings["null_threshold"])
+        recorded = settings.get("precision")
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(
             f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})"
         ) from None
     except KeyError as e:
         raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
+    # refused here, not by an index error on the first context long enough to fill a window
+    check_window_fits(
+        load_model_config(str(folder)),
+        tokenize.max_seq_length,
+        str(folder),
+        setting=f"{settings_file}: max_seq_length",
+    )
     model = to_inference_device(load_qa_model(str(folder)), device)
+    chosen, why = _served_precision(precision, recorded, settings_file, model.device)
     return SavedModel(
-        model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file
+        model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file, chosen, why
     )
 
 
@@ -119,14 +205,26 @@ def score_saved_model(
         if n > limit:
             raise DataError(f"{label}: question has {n} tokens; this model takes at most {limit}")
     features = build_eval_features(saved.tokenizer, list(rows), saved.tokenize) if rows else []
-    decisions, seconds = decide_timed(
-        saved.model, features, rows, saved.decode, batch_size, saved.tokenizer.pad_token_id or 0
-    )
+    with precision_context(saved.model, saved.precision):
+        decisions, seconds = span_decisions_timed(
+            saved.model, features, rows, saved.decode, batch_size, pad_id(saved.tokenizer)
+        )
     return decisions, features, seconds
 
 
+class PredictionStopped(Exception):
+    """``QAPredictor.stop`` was set while a prediction ran: it stopped between two batches."""
+
+
 class QAPredictor:
-    """A loaded model plus its decoding settings; ``predict`` takes question/context records."""
+    """A loaded model plus its decoding settings; ``predict`` takes question/context records.
+
+    ``stop``, once set (a server shutting down), makes a running ``predict`` raise
+    PredictionStopped after its current step (``tokenize_chunk`` records tokenized, or one batch of
+    windows through the model), so a long request never outlives the server.
+    """
+
+    tokenize_chunk = 64
 
     def __init__(
         self,
@@ -134,12 +232,54 @@ class QAPredictor:
         device: str = "auto",
         batch_size: int = 32,
         decoding_file: Path | None = None,
-    ):
-        saved = load_saved_model(Path(model_dir), decoding_file, device=device)
+        precision: str | None = None,
+    ) -> None:
+        saved = load_saved_model(Path(model_dir), decoding_file, device=device, precision=precision)
         self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
         self.tokenize, self.decode = saved.tokenize, saved.decode
+        self.precision, self.precision_reason = saved.precision, saved.precision_reason
         self.batch_size = batch_size
         self.max_question_tokens = max_question_tokens(self.tokenizer, self.tokenize)
+        self.stop = threading.Event()
+
+    def use_precision(self, requested: str) -> None:
+        """Run from now on at ``requested`` (auto, fp32, bf16, fp16) instead of the recorded one."""
+        self.precision, why = resolve_inference_precision(requested, self.model.device)
+        self.precision_reason = f"{why} (was {self.precision_reason})"
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise PredictionStopped("stopped: the server is shutting down")
+
+    def _features(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``build_eval_features`` of ``records``, ``tokenize_chunk`` records at a time so ``stop``
+        is honoured; windows are not padded, so they are those of one call over all records."""
+        features = []
+        for start in range(0, len(records), self.tokenize_chunk):
+            self._check_stop()
+            chunk = records[start : start + self.tokenize_chunk]
+            for f in build_eval_features(self.tokenizer, chunk, self.tokenize):
+                features.append(f | {"example_index": f["example_index"] + start})
+        return features
+
+    def _logits(self, features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """``predict_logits`` over ``features``, one batch at a time so ``stop`` is honoured.
+
+        The windows are sorted by length once and cut into the very batches ``predict_logits``
+        would form, so the logits are those of one call over all of them.
+        """
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        starts: list[Any] = [None] * len(features)
+        ends: list[Any] = [None] * len(features)
+        pad = pad_id(self.tokenizer)
+        with precision_context(self.model, self.precision):
+            for b in range(0, len(order), self.batch_size):
+                self._check_stop()
+                idx = order[b : b + self.batch_size]
+                s, e = predict_logits(self.model, [features[i] for i in idx], self.batch_size, pad)
+                for j, i in enumerate(idx):
+                    starts[i], ends[i] = s[j], e[j]
+        return starts, ends
 
     def problem(self, record: Any) -> str | None:
         """Why ``record`` cannot be answered, or None; callers add where the record came from."""
@@ -170,10 +310,8 @@ class QAPredictor:
                 raise DataError(f"record {i + 1}: {why}")
         if not records:
             return []
-        features = build_eval_features(self.tokenizer, records, self.tokenize)
-        starts, ends = predict_logits(
-            self.model, features, self.batch_size, self.tokenizer.pad_token_id or 0
-        )
+        features = self._features(records)
+        starts, ends = self._logits(features)
         decisions = decode_best_spans(
             features, starts, ends, [r["context"] for r in records], self.decode
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(nodes: list[ast.AST]) -> set[str]:
+def _imported_modules(nodes: Sequence[ast.AST]) -> set[str]:
     """``medqa`` modules imported anywhere under ``nodes`` (``from medqa.x import y`` → medqa.x)."""
     found: set[str] = set()
     for node in nodes:
@@ -89,7 +90,7 @@ def _command_imports(function: str) -> set[str]:
             n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions
         )
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    return _imported_modules([functions[n] for n in seen] + top_level)
+    return _imported_modules([*(functions[n] for n in seen), *top_level])
 
 
 def stage_sources(stage: str) -> list[Path]:

@@ -33,16 +33,24 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from medqa.atomic import read_jsonl, strict_json, write_json_atomic
 from medqa.config import RegisterParams
 from medqa.errors import ModelError, first_line
+from medqa.fileio import read_jsonl, strict_json, write_json_atomic
+from medqa.modelsource import load_model_config, usable_positions
 from medqa.predictor import DECODING_FILE, load_saved_model, score_saved_model
 from medqa.reports import figure
 from medqa.scoring import summarize
-from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
+from medqa.tracking import (
+    configure_tracking,
+    file_md5,
+    folder_digest,
+    git_commit,
+    run_link,
+    shareable_uri,
+)
 
 HISTORY_TAG = "champion_history"
 
@@ -63,8 +71,8 @@ INPUT_EXAMPLE = pd.DataFrame(
     [
         {
             "question": "Which supplement formula is advised for intermediate AMD?",
-            "context": "For intermediate AMD, the AREDS2 formula of vitamins, zinc, copper, lutein and zeaxanthin "
-            "lowers the risk of progression to late disease.",
+            "context": "For intermediate AMD, the AREDS2 formula of vitamins, zinc, copper, lutein "
+            "and zeaxanthin lowers the risk of progression to late disease.",
         }
     ]
 )
@@ -162,21 +170,22 @@ def gate(
         source = "scored now on the same test rows"
         if champ_f1 is None:
             champ = client.get_model_version(name, prev_version)
-            if champ.tags.get("test_md5") != test_md5 or _real(champ.tags.get("test_f1")) is None:
+            recorded = _real(champ.tags.get("test_f1"))
+            if champ.tags.get("test_md5") != test_md5 or recorded is None:
                 return refuse(
                     f"{why}, and its recorded F1 is not from this test set; "
                     f"compare by hand and use `medqa promote {version}`"
                 )
-            champ_f1, source = (
-                _real(champ.tags["test_f1"]),
-                f"its recorded F1 on the same test set ({why})",
-            )
+            champ_f1, source = recorded, f"its recorded F1 on the same test set ({why})"
         decision |= {"previous_champion_f1": champ_f1, "previous_champion_f1_from": source}
         if f1 < champ_f1:
             return refuse(
                 f"test F1 {f1:.4f} is below champion v{prev_version}'s {champ_f1:.4f} ({source})"
             )
-        reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f} and >= champion v{prev_version}'s {champ_f1:.4f} ({source})"
+        reason = (
+            f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f} and >= champion v{prev_version}'s "
+            f"{champ_f1:.4f} ({source})"
+        )
     else:
         reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f}; no champion yet"
     move_champion(client, name, version, "gate", reason)
@@ -361,9 +370,9 @@ def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[s
         "data_md5_dev": tags.get("data_md5_dev", "unknown"),
         "params": json.dumps(run.data.params, sort_keys=True, separators=(",", ":")),
         "device": device or "unknown",
-        "tracking_uri": tracking_uri,
-        "run_link": f"{tracking_uri}#/experiments/{run.info.experiment_id}/runs/{run_id}",
-    }
+        "tracking_uri": shareable_uri(tracking_uri),
+        "run_link": run_link(tracking_uri, run.info.experiment_id, run_id),
+    } | {k: v for k, v in tags.items() if k.startswith("dvc_experiment")}
 
 
 def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
@@ -394,23 +403,27 @@ def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: 
         shutil.copytree(model_dir, bundle)
         shutil.copy(decoding_path, bundle / DECODING_FILE)
         try:
-            run_ctx = mlflow.start_run(run_id=run_id)
+            MlflowClient().get_run(run_id)
         except MlflowException as e:
             raise ModelError(
                 f"training run {run_id} is not in the MLflow store ({e.message.splitlines()[0]}); "
                 "was mlruns/ removed? Retrain with `dvc repro -f train`"
             ) from None
-        with run_ctx:
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PACKAGE_DIR / "qa_model.py"),
-                artifacts={"model_dir": str(bundle)},
-                code_paths=[str(PACKAGE_DIR)],
-                signature=SIGNATURE,
-                input_example=INPUT_EXAMPLE,
-                registered_model_name=model_name,
-                pip_requirements=["torch", "transformers>=5", "pandas", "mlflow>=3"],
-            )
+        # Model.log with the run id, not pyfunc.log_model inside start_run(run_id): reopening the
+        # finished training run would move its end time, and its duration, to now
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=str(PACKAGE_DIR / "qa_model.py"),
+            artifacts={"model_dir": str(bundle)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE,
+            registered_model_name=model_name,
+            pip_requirements=["torch", "transformers>=5", "pandas", "mlflow>=3"],
+        )
     return str(info.registered_model_version)
 
 
@@ -444,7 +457,13 @@ def register_model(
     if version is None:
         version = _log_version(model_dir, decoding_path, run_id, params.model_name)
         best = metrics["best_baseline"]
+        # the windows it was evaluated with and the longest its positions take, readable in the
+        # registry without downloading the weights (predict and serve refuse windows past the
+        # limit when they load it: predictor.load_saved_model)
+        positions = usable_positions(load_model_config(str(model_dir)))
         tags = {
+            "max_seq_length": str(decoding["max_seq_length"]),
+            "usable_positions": str(positions) if positions is not None else "unlimited",
             "test_f1": _tag(f1),
             "test_em": _tag(em),
             "test_n": str(len(rows)),
@@ -454,6 +473,8 @@ def register_model(
             "base_model": config.get("base_model", ""),
             "run_id": run_id,
             "best_baseline_f1": _tag(metrics["baselines_f1"][best]),
+            # test F1 was measured at this precision, and predict/serve run the version at it
+            "precision": decoding.get("precision", "fp32"),
         } | lineage_tags(client, run_id, tracking_uri)
         for k, v in tags.items():
             client.set_model_version_tag(params.model_name, version, k, v)
@@ -461,8 +482,8 @@ def register_model(
             params.model_name,
             version,
             description=(
-                f"Extractive QA for AMD clinical text (research use, not medical advice). Test F1 {figure(f1)}, "
-                f"EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
+                "Extractive QA for AMD clinical text (research use, not medical advice). "
+                f"Test F1 {figure(f1)}, EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
                 f"{figure(metrics['baselines_f1'][best])}. Run {run_id}."
             ),
         )
@@ -493,9 +514,8 @@ def register_model(
         **decision,
     }
     try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_dict(strict_json(record), "registration.json")
-            mlflow.set_tag("registered_version", version)
+        client.log_dict(run_id, strict_json(record), "registration.json")  # the run stays closed
+        client.set_tag(run_id, "registered_version", version)
     except MlflowException:
         pass  # a reused version whose training run was removed: the registry already holds the record
     write_json_atomic(out_path, record)

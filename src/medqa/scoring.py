@@ -24,7 +24,7 @@ def gold_texts(row: dict[str, Any]) -> list[str]:
     return [a["text"] for a in row["answers"]]
 
 
-def decide(
+def span_decisions(
     model: PreTrainedModel,
     features: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
@@ -33,10 +33,10 @@ def decide(
     pad_id: int,
 ) -> list[SpanDecision]:
     """Run the model over a split's windows and decode one SpanDecision per question."""
-    return decide_timed(model, features, rows, decode, batch_size, pad_id)[0]
+    return span_decisions_timed(model, features, rows, decode, batch_size, pad_id)[0]
 
 
-def decide_timed(
+def span_decisions_timed(
     model: PreTrainedModel,
     features: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
@@ -44,7 +44,7 @@ def decide_timed(
     batch_size: int,
     pad_id: int,
 ) -> tuple[list[SpanDecision], float]:
-    """``decide``, plus the seconds of its batched model forward over all of ``features``.
+    """``span_decisions``, plus the seconds of its batched model forward over all of ``features``.
 
     The pass is timed where it runs so throughput needs no second pass over the split; decoding is
     left out of the clock, as it was when throughput had a pass of its own. ``predict_logits`` copies
@@ -72,7 +72,7 @@ def score_split(
     pad_id: int,
 ) -> dict[str, float]:
     """EM/F1 on a split with the threshold tuned on that same split (a monitoring figure)."""
-    decisions = decide(model, features, rows, decode, batch_size, pad_id)
+    decisions = span_decisions(model, features, rows, decode, batch_size, pad_id)
     golds = [gold_texts(r) for r in rows]
     thr, _ = tune_null_threshold(decisions, golds, f1_of)
     return summarize([d.answer(thr) for d in decisions], rows)

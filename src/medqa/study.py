@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medqa.atomic import write_json_atomic, write_text_atomic
 from medqa.config import Params, as_dict
+from medqa.fileio import write_json_atomic, write_text_atomic
 
 # the knobs a study varies, as (params group, key, column header); "data" is not a params group but the
 # validate stage's count of training questions, so runs on a grown dataset are never taken for seeds
@@ -168,8 +168,10 @@ def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height:
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
-        f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">share of training questions</text>',
-        f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" text-anchor="middle">F1</text>',
+        f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">'
+        "share of training questions</text>",
+        f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" '
+        'text-anchor="middle">F1</text>',
     ]
     for t in (0.25, 0.5, 0.75, 1.0):
         x, _ = xy(t, 0)

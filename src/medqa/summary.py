@@ -1,43 +1,39 @@
 """Print the headline of the last pipeline run: test EM/F1, baselines, and the registry decision.
 
-``python -m medqa.summary`` — what ``make pipeline`` ends with (``dvc metrics show`` has every figure).
+``python -m medqa.summary`` — what ``make pipeline`` ends with (``dvc metrics show`` has every
+figure). The reports folder is params.yaml's ``paths.reports``, where dvc.yaml has the stages write.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from medqa.reports import figure
+from medqa.errors import MedqaError
+from medqa.reports import registration_lines, score_lines
 
 
-def summarize_reports(reports: Path = Path("reports")) -> str:
-    """A few lines from reports/metrics.json and reports/registration.json."""
+def summarize_reports(reports: Path) -> str:
+    """The lines of reports/metrics.json and reports/registration.json, and the disclaimer."""
     m = json.loads((reports / "metrics.json").read_text())
     r = json.loads((reports / "registration.json").read_text())
-    lo, hi = m.get("f1_ci95") or (None, None)
-    baselines = ", ".join(f"{k} {figure(v, '.3f')}" for k, v in m["baselines_f1"].items())
-    prev = r.get("previous_champion")
-    before = (
-        f"  @champion before this run: v{prev} F1 {figure(r.get('previous_champion_f1'), '.3f')} "
-        f"({r.get('previous_champion_f1_from') or 'recorded'})"
-        if prev
-        else "  @champion before this run: none"
-    )
-    return "\n".join(
-        [
-            f"test split ({m['n']} questions): EM {figure(m['exact'], '.3f')}  F1 {figure(m['f1'], '.3f')}  "
-            f"(95% CI {figure(lo, '.3f')}-{figure(hi, '.3f')})",
-            f"  answerable F1 {figure(m['has_ans_f1'], '.3f')} (n={m['has_ans_n']}), "
-            f"unanswerable F1 {figure(m['no_ans_f1'], '.3f')} (n={m['no_ans_n']})",
-            f"  baselines F1: {baselines}; lead over the best: {figure(m['lead_over_best_baseline'], '+.3f')}",
-            before,
-            f"registry: {r['model_name']} v{r['version']} ({'now @champion' if r['promoted'] else 'not promoted'}): "
-            f"{r['reason']}",
-            "Research use only; not medical advice.",
-        ]
-    )
+    lines = score_lines(m, f"test split ({m['n']} questions)") + registration_lines(r)
+    return "\n".join([*lines, "Research use only; not medical advice."])
+
+
+def main() -> int:
+    """Summarise the project's reports; a missing report is one line and exit status 2."""
+    from medqa.config import DEFAULT_PARAMS, Params, load_params
+
+    try:
+        params = load_params(DEFAULT_PARAMS) if DEFAULT_PARAMS.exists() else Params()
+        print(summarize_reports(Path(params.paths.reports)))
+    except (MedqaError, OSError, ValueError, KeyError) as e:
+        print(f"medqa summary: error: {e} (run `dvc repro` first)", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    print(summarize_reports())
+    sys.exit(main())

@@ -1,33 +1,223 @@
-"""MLflow set-up: a local SQLite store and artifact folder under ``mlruns/`` unless
-``MLFLOW_TRACKING_URI`` says otherwise. One run per training; evaluate and register reopen it."""
+"""MLflow set-up: which store, and how its records stay valid when the project moves.
+
+The store is ``MLFLOW_TRACKING_URI`` when it is set: for a team, an ``mlflow server`` that proxies
+artifacts (``--artifacts-destination``), so that no client records a path of its own machine.
+Otherwise it is the project's own SQLite store, ``mlruns/mlflow.db``, with artifacts under
+``mlruns/artifacts``. The project is the nearest folder holding dvc.yaml and params.yaml, so a
+command run from any subfolder finds the same store.
+
+SQLite records artifact locations as absolute ``file://`` URIs. A moved or copied project would
+go on reading and writing the artifacts of the folder it was first run in, so the store is
+re-rooted to the folder it now sits in, and stderr says so once.
+
+One run per training; register logs to it by run id without reopening it (a reopened run's end
+time, hence its duration in the UI, moves to the end of the registration).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sqlite3
 import subprocess
 from collections.abc import Collection
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
+from mlflow.exceptions import MlflowException
+
+from medqa.config import find_project_root
+from medqa.errors import ConfigError, first_line
 
 EXPERIMENT = "medqa"
+LOCAL_STORE = Path("mlruns")
+LOCAL_DB = LOCAL_STORE / "mlflow.db"
+LOCAL_ARTIFACTS = LOCAL_STORE / "artifacts"
+# where MLflow's SQLite schema keeps absolute artifact locations: the experiment's, each run's,
+# each logged model's and each model version's (tests/test_team_local_store.py moves a project)
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+# SQLite's words for a store it may read but not write (the file, or its folder for the journal)
+READ_ONLY_SIGNS = ("readonly database", "unable to open database file", "read-only file system")
+
+
+# MLflow copies the URI it is given into MLFLOW_TRACKING_URI: a local store's URI found there was
+# set by this process, not by the user, and is chosen afresh (the project may be another one now)
+_local_uri: str | None = None
+
+log = logging.getLogger(__name__)
+
+
+def user_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI as the user set it; None when unset or set by this process itself."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri != _local_uri else None
 
 
 def configure_tracking(root: Path | None = None) -> str:
-    """Point MLflow at ``<root>/mlruns`` (default: the current folder) and return the URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    root = Path(root or Path.cwd()).resolve()
+    """Point MLflow at ``MLFLOW_TRACKING_URI``, else at ``<root>/mlruns`` (default: the project
+    root, else the current folder), and return the URI."""
+    global _local_uri
+    uri = user_tracking_uri()
+    local_root = None
     if not uri:
-        (root / "mlruns").mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+        local_root = Path(root or find_project_root() or Path.cwd()).resolve()
+        uri = _local_uri = _local_store(local_root)
+    if uri != mlflow.get_tracking_uri():
+        _forget_artifact_locations()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (root / "mlruns" / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri, local_root))
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def _artifact_root(uri: str, local_root: Path | None) -> str | None:
+    """Where a new experiment keeps its artifacts: the project's mlruns/artifacts; beside the
+    database for a SQLite URI the user set (MLflow's default, ./mlruns, would be the folder the
+    command happens to run in); the server's own choice for a tracking server."""
+    if local_root is not None:
+        return (local_root / LOCAL_ARTIFACTS).as_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    return None
+
+
+def _forget_artifact_locations() -> None:
+    """Drop MLflow's per-process cache of artifact locations, which is keyed by run or model id
+    alone: a process that moves on to another store (a copied project's, with the same ids) would
+    otherwise read and write the first store's artifacts."""
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def _local_store(root: Path) -> str:
+    """The SQLite URI of ``root``'s own store, created if missing and re-rooted if it was moved."""
+    folder = root / LOCAL_STORE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{folder}: cannot create the MLflow store ({e.strerror})") from None
+    db = root / LOCAL_DB
+    if db.exists():
+        reroot_local_store(db, root)
+    # MLflow logs each SQL error with its traceback and then raises it as an MlflowException, which
+    # the CLI reports in one line (explain_store_error): the log would bury that line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    return f"sqlite:///{db}"
+
+
+def reroot_local_store(db: Path, root: Path) -> Path | None:
+    """Rewrite the artifact locations ``db`` recorded under another project folder to ``root``'s
+    ``mlruns/``; return that other folder, or None when nothing had to change.
+
+    Only locations under the old folder's ``mlruns/`` move: an artifact location someone chose
+    elsewhere stays as it is. A store that cannot be written is refused with the reason, never
+    left pointing at the old folder.
+    """
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        try:
+            row = con.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)
+            ).fetchone()
+        except sqlite3.Error:
+            return None  # no MLflow tables yet (or not a database): MLflow itself says so
+        suffix = "/" + LOCAL_ARTIFACTS.as_posix()
+        if (
+            row is None
+            or row[0] == (root / LOCAL_ARTIFACTS).as_uri()
+            or not row[0].endswith(suffix)
+        ):
+            return None
+        old_uri = row[0][: -len(suffix)]
+        old = Path(unquote(urlparse(old_uri).path))
+        if old == root:
+            return None
+        moves = [
+            (f"{old_uri}/{LOCAL_STORE}/", f"{root.as_uri()}/{LOCAL_STORE}/"),
+            (f"{old}/{LOCAL_STORE}/", f"{root}/{LOCAL_STORE}/"),  # MLflow's Default experiment
+        ]
+        tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        try:
+            with con:
+                for table, column in LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    for was, now in moves:
+                        con.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE substr({column}, 1, ?) = ?",
+                            (now, len(was) + 1, len(was), was),
+                        )
+        except sqlite3.Error as e:
+            raise ConfigError(
+                f"{db}: recorded in {old}, now in {root}, and its artifact locations cannot be "
+                f"moved here ({e}); make {root / LOCAL_STORE} writable"
+            ) from None
+    finally:
+        con.close()
+    log.warning(
+        "%s was written in %s; its artifact locations now point into %s (the project was moved "
+        "or copied)",
+        *(db, old, root / LOCAL_STORE),
+    )
+    return old
+
+
+def shareable_uri(uri: str) -> str:
+    """``uri`` as a version tag: a project's own SQLite store relative to the project folder, since
+    an absolute path names one machine's folder and goes stale when the project moves."""
+    if uri.startswith("sqlite:///") and uri.endswith("/" + LOCAL_DB.as_posix()):
+        return f"sqlite:///{LOCAL_DB.as_posix()}"
+    return uri
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """A link to the run in the MLflow UI when the store is a server; otherwise how to see it."""
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith("sqlite:"):
+        return (
+            f"no server: in the project folder run `mlflow ui --backend-store-uri "
+            f"{shareable_uri(uri)}`, then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+        )
+    scheme = urlparse(uri).scheme or "local"
+    return f"no UI link for a {scheme} store: experiment {experiment_id}, run {run_id}"
+
+
+def explain_store_error(e: BaseException) -> str | None:
+    """One line for an MLflow error a user has to act on (a read-only store, a server that does
+    not answer), or None when ``e`` is not MLflow's."""
+    if not isinstance(e, MlflowException):
+        return None
+    uri = mlflow.get_tracking_uri()
+    if any(sign in e.message for sign in READ_ONLY_SIGNS):
+        store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:") else uri
+        return (
+            f"{store}: the MLflow store is read-only ({first_line(e)}); make it and its "
+            "folder writable, or set MLFLOW_TRACKING_URI to a store you can write"
+        )
+    return f"MLflow store {uri}: {first_line(e)}"
+
+
+def experiment_tags() -> dict[str, str]:
+    """The DVC experiment a stage runs in (`dvc exp run` sets these for every stage it runs, the
+    Prefect flow's override runs included), so a run or version says which experiment made it;
+    empty in a plain `dvc repro`."""
+    names = {"DVC_EXP_NAME": "dvc_experiment", "DVC_EXP_BASELINE_REV": "dvc_experiment_baseline"}
+    return {tag: os.environ[var] for var, tag in names.items() if os.environ.get(var)}
 
 
 def git_commit() -> str:

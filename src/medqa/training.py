@@ -7,11 +7,12 @@ epoch's dev figures are left to the evaluate stage, which scores the final model
 tune the abstention threshold) and completes the curve: one dev pass fewer per pipeline run.
 
 Training state (weights, optimizer, scheduler, RNG, curve so far) is checkpointed every epoch and
-every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill resumes
-from the last complete checkpoint and reaches the same final weights as an uninterrupted run. Only
-provably the same training is resumed: the fingerprint covers everything that changes the weights
-(every source file the stage runs, its params, the base model's weights, the features, the data,
-library versions, world size, device and precision); state of any other training is discarded.
+every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill
+resumes from the last complete checkpoint and reaches the same final weights as an uninterrupted
+run. Only provably the same training is resumed: the fingerprint covers everything that changes
+the weights (every source file the stage runs, its params, the base model's weights, the features,
+the data, library versions, world size, device and precision); state of any other training is
+discarded.
 A checkpoint the Trainer was still writing when the process died is ignored and removed. A finished
 training deletes its state, so a completed state never stands in for training (``dvc repro -f
 train`` trains from scratch). One trainer per state folder: a lock beside it refuses a second one,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import resource
@@ -42,22 +44,31 @@ from datasets import load_from_disk
 from mlflow.exceptions import MlflowException
 from transformers import (
     DataCollatorWithPadding,
+    PreTrainedModel,
     Trainer,
     TrainerCallback,
+    TrainerControl,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from medqa.atomic import atomic_dir, read_jsonl, write_json_atomic
 from medqa.config import DecodeParams, Params, as_dict
 from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
-from medqa.modelsource import load_qa_model, load_tokenizer
+from medqa.fileio import atomic_dir, read_jsonl, write_json_atomic
+from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
 from medqa.provenance import sources_digest, stage_sources
 from medqa.scoring import score_split
-from medqa.tracking import configure_tracking, file_md5, folder_digest, git_commit
+from medqa.tracking import (
+    configure_tracking,
+    experiment_tags,
+    file_md5,
+    folder_digest,
+    git_commit,
+)
 
 INFERENCE_CONFIG = (
     "medqa.json"  # written beside the weights: what prediction needs to match training
@@ -67,6 +78,8 @@ STATE_FILE = (
 )
 CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
 MODEL_CURVE = "train_curve.json"  # beside the weights: the finished curve, completed by evaluate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,14 +109,21 @@ class DevF1Monitor(TrainerCallback):
         final_epoch: int,
         curve_path: Path | None = None,
         history: list[EpochRecord] | None = None,
-    ):
+    ) -> None:
         self.dev_features, self.dev_rows, self.final_epoch = dev_features, dev_rows, final_epoch
         self.batch_size, self.pad_id = batch_size, pad_id
         self.curve_path = curve_path
         self.history: list[EpochRecord] = list(history or [])
         self._pending: EpochRecord | None = None
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer signature
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero:
             return
         epoch = round(state.epoch or 0)
@@ -116,19 +136,32 @@ class DevF1Monitor(TrainerCallback):
         model.train()
         self._pending = EpochRecord(epoch, float("nan"), scores["f1"], scores["exact"])
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self._pending is not None and logs and "loss" in logs:
             self._pending.train_loss = float(logs["loss"])
             self._flush()
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._pending is not None:
             self._flush()
 
     def _flush(self) -> None:
         rec, self._pending = self._pending, None
+        if rec is None:
+            return
         self.history.append(rec)
-        dev = {"dev_f1": rec.dev_f1, "dev_em": rec.dev_em} if rec.dev_f1 is not None else {}
+        dev: dict[str, float] = {}
+        if rec.dev_f1 is not None and rec.dev_em is not None:
+            dev = {"dev_f1": rec.dev_f1, "dev_em": rec.dev_em}
         mlflow.log_metrics({"train_loss": rec.train_loss} | dev, step=rec.epoch)
         if self.curve_path is not None:
             write_json_atomic(self.curve_path, [asdict(r) for r in self.history])
@@ -137,23 +170,26 @@ class DevF1Monitor(TrainerCallback):
             if dev
             else "  (dev: scored by evaluate)"
         )
-        print(f"\nepoch {rec.epoch}: train loss {rec.train_loss:.4f}{scores}")
+        log.info("epoch %s: train loss %.4f%s", rec.epoch, rec.train_loss, scores)
 
 
 class SaveEverySteps(TrainerCallback):
     """Adds a checkpoint every ``steps`` optimizer steps to the Trainer's per-epoch ones."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int) -> None:
         self.steps = steps
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer signature
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.steps > 0 and state.global_step % self.steps == 0:
             control.should_save = True
 
 
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 of a model's initial parameters and buffers (the base model's weights, whatever their
-    source: packaged, local folder or hub cache; the new QA head is seeded, so it hashes the same)."""
+    source: packaged, local folder or hub cache; the new QA head is seeded, so it hashes the
+    same)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode() + b"\0" + str(tensor.dtype).encode())
@@ -169,7 +205,7 @@ def training_fingerprint(
     device: DeviceInfo,
     precision: str,
 ) -> str:
-    """Everything that changes the trained weights: a checkpoint resumes only when all of it matches."""
+    """Everything that changes the trained weights: a checkpoint resumes only on a match."""
     parts = {
         "train": as_dict(params.train),
         "tokenize": as_dict(params.tokenize),
@@ -198,7 +234,7 @@ def _is_complete(checkpoint: Path) -> bool:
 
 
 def last_complete_checkpoint(state_dir: Path) -> str | None:
-    """The newest complete checkpoint in ``state_dir``; incomplete ones (a kill mid-save) are removed."""
+    """The newest complete checkpoint in ``state_dir``; incomplete ones (killed mid-save) go."""
     found = sorted(
         (
             p
@@ -212,7 +248,9 @@ def last_complete_checkpoint(state_dir: Path) -> str | None:
         if _is_complete(ckpt):
             complete.append(ckpt)
         else:
-            print(f"removing incomplete checkpoint {ckpt} (the run writing it was interrupted)")
+            log.warning(
+                "removing incomplete checkpoint %s (the run writing it was interrupted)", ckpt
+            )
             shutil.rmtree(ckpt, ignore_errors=True)
     return str(complete[-1]) if complete else None
 
@@ -265,127 +303,141 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def fine_tune(
-    features_dir: Path,
-    validated_dir: Path,
-    out_dir: Path,
-    params: Params,
-    state_dir: Path = Path("models/train_state"),
-) -> dict[str, Any]:
-    """Train (resuming from ``state_dir`` when it holds the same training), save weights + tokenizer +
-    inference config + training curve to ``out_dir``, and return a summary.
+@dataclass
+class TrainInputs:
+    """What one training reads: the base model and its tokenizer, the training features, and the dev
+    split (windows and answers) the epoch-end monitor scores."""
 
-    Only rank 0 writes, logs and holds the state lock under torchrun.
-    """
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if not is_main:
-        return _fine_tune(features_dir, validated_dir, out_dir, params, Path(state_dir), is_main)
-    with exclusive_state(Path(state_dir)):
-        return _fine_tune(features_dir, validated_dir, out_dir, params, Path(state_dir), is_main)
+    tokenizer: Any
+    model: PreTrainedModel
+    train_ds: Any
+    dev_features: list[dict[str, Any]]
+    dev_rows: list[dict[str, Any]]
+    tokenize_summary: dict[str, Any]
 
 
-def _fine_tune(
-    features_dir: Path,
-    validated_dir: Path,
-    out_dir: Path,
-    params: Params,
-    state_dir: Path,
-    is_main: bool,
-) -> dict[str, Any]:
-    tp, out_dir = params.train, Path(out_dir)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    set_seed(tp.seed)
-    info = detect_device(tp.device)
-    precision, precision_reason = explain_precision(tp.precision, info)
-    if info.backend == "cpu":
-        keep_freed_memory()
-    if is_main:  # folders a killed run left half-written (see atomic_dir) are never reused
-        for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tokenizer = load_tokenizer(params.base_model)
-    model = load_qa_model(params.base_model)
-    train_ds = load_from_disk(str(Path(features_dir) / "train"))
-    dev_path = Path(features_dir) / "dev"
-    dev_features = load_from_disk(str(dev_path)).to_list() if dev_path.exists() else []
-    dev_rows = read_jsonl(Path(validated_dir) / "dev.jsonl")
-    tok_summary = json.loads((Path(features_dir) / "summary.json").read_text())
-    per_device_batch = max(1, tp.batch_size // world_size)
+def _world() -> tuple[int, bool]:
+    """(world size, whether this process is rank 0): torchrun sets WORLD_SIZE and RANK."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
 
-    resume_from, saved = None, {}
-    if is_main:  # only rank 0 decides whether to resume, so only it hashes what the decision needs
-        base_weights = weights_digest(model)
-        data_md5 = {
-            f"data_md5_{split}": file_md5(Path(validated_dir) / f"{split}.jsonl")
-            for split in ("train", "dev")
-        }
-        fingerprint = training_fingerprint(
-            params, folder_digest(Path(features_dir)), data_md5, base_weights, info, precision
-        )
-        resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
-        configure_tracking()
-        run, new_run = _start_run(saved if resume_from else {})
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
-        )
-        if new_run:
-            mlflow.log_params(
-                as_dict(params.train)
-                | {
-                    "base_model": params.base_model,
-                    "world_size": world_size,
-                    "per_device_batch_size": per_device_batch,
-                }
-                | {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()}
-            )
-        mlflow.set_tags(
-            {
-                "git_commit": git_commit(),
-                "backend": info.backend,
-                "device_name": info.name,
-                "device_arch": info.arch,
-                "precision": precision,
-                "precision_reason": precision_reason,
-                "world_size": str(world_size),
-                "train_fingerprint": fingerprint,
-                "attn_implementation": str(
-                    getattr(model.config, "_attn_implementation", "unknown")
-                ),
-                "base_weights_sha256": base_weights,
-                **data_md5,
-            }
-        )
-        where = f"resuming from {resume_from}" if resume_from else "starting fresh"
-        print(
-            f"device: {info.backend} ({info.name}, {info.arch}); precision: {precision} ({precision_reason}); "
-            f"world size {world_size}; {where}"
-        )
-    if world_size > 1:
-        # every rank must agree on where to resume; rank 0 decided (and may have cleared the folder)
-        torch.distributed.init_process_group("gloo" if info.backend == "cpu" else "nccl")
-        box = [resume_from]
-        torch.distributed.broadcast_object_list(box, src=0)
-        resume_from = box[0]
-    epochs_before, steps_before = _checkpoint_progress(resume_from)
-    history: list[EpochRecord] = []
-    curve = state_dir / CURVE_FILE
-    if is_main and resume_from and curve.exists():  # the curve up to the checkpoint, not past it
-        history = [
-            EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before
-        ]
 
-    monitor = DevF1Monitor(
-        dev_features,
-        dev_rows,
-        64,
-        tokenizer.pad_token_id or 0,
-        math.ceil(tp.epochs),
-        state_dir / CURVE_FILE if is_main else None,
-        history,
+def _remove_stale_outputs(out_dir: Path) -> None:
+    """Remove the folders a killed run left half-written beside ``out_dir`` (see atomic_dir): they
+    are never reused."""
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _load_inputs(features_dir: Path, validated_dir: Path, base_model: str) -> TrainInputs:
+    """The base model, its tokenizer, the tokenized splits and the dev answers."""
+    dev_path = features_dir / "dev"
+    return TrainInputs(
+        tokenizer=load_tokenizer(base_model),
+        model=load_qa_model(base_model),
+        train_ds=load_from_disk(str(features_dir / "train")),
+        dev_features=load_from_disk(str(dev_path)).to_list() if dev_path.exists() else [],
+        dev_rows=read_jsonl(validated_dir / "dev.jsonl"),
+        tokenize_summary=json.loads((features_dir / "summary.json").read_text()),
     )
-    args = TrainingArguments(
+
+
+def _open_run(
+    params: Params,
+    inputs: TrainInputs,
+    paths: tuple[Path, Path, Path],
+    info: DeviceInfo,
+    precision: tuple[str, str],
+) -> str | None:
+    """Rank 0's set-up: fingerprint the training, decide whether to resume, and open (or reopen) its
+    MLflow run with params and tags. Returns the checkpoint to resume from, if any.
+
+    ``paths`` is (features, validated, state); ``precision`` is (precision, why).
+    """
+    (features_dir, validated_dir, state_dir), (chosen, why) = paths, precision
+    world_size, _ = _world()
+    base_weights = weights_digest(inputs.model)
+    data_md5 = {
+        f"data_md5_{split}": file_md5(validated_dir / f"{split}.jsonl")
+        for split in ("train", "dev")
+    }
+    fingerprint = training_fingerprint(
+        params, folder_digest(features_dir), data_md5, base_weights, info, chosen
+    )
+    resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
+    configure_tracking()
+    run, new_run = _start_run(saved if resume_from else {})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
+    )
+    if new_run:
+        mlflow.log_params(
+            as_dict(params.train)
+            | {
+                "base_model": params.base_model,
+                "world_size": world_size,
+                "per_device_batch_size": _per_device_batch(params.train.batch_size),
+            }
+            | {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()}
+        )
+    attn = getattr(inputs.model.config, "_attn_implementation", "unknown")
+    mlflow.set_tags(
+        {
+            "git_commit": git_commit(),
+            "backend": info.backend,
+            "device_name": info.name,
+            "device_arch": info.arch,
+            "precision": chosen,
+            "precision_reason": why,
+            "world_size": str(world_size),
+            "train_fingerprint": fingerprint,
+            "attn_implementation": str(attn),
+            "base_weights_sha256": base_weights,
+            **data_md5,
+            **experiment_tags(),
+        }
+    )
+    where = f"resuming from {resume_from}" if resume_from else "starting fresh"
+    log.info(
+        "device: %s (%s, %s); precision: %s (%s); world size %s; %s",
+        *(info.backend, info.name, info.arch, chosen, why, world_size, where),
+    )
+    return resume_from
+
+
+def _per_device_batch(batch_size: int) -> int:
+    """train.batch_size is the global batch: each of the world's processes takes its share."""
+    return max(1, batch_size // _world()[0])
+
+
+def _agree_on_resume(resume_from: str | None, info: DeviceInfo) -> str | None:
+    """Under torchrun, every rank resumes where rank 0 decided (it may have cleared the folder)."""
+    if _world()[0] == 1:
+        return resume_from
+    torch.distributed.init_process_group("gloo" if info.backend == "cpu" else "nccl")
+    box = [resume_from]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _curve_so_far(state_dir: Path, resume_from: str | None) -> list[EpochRecord]:
+    """The curve of the run being resumed, up to its checkpoint and not past it; [] when fresh."""
+    curve = state_dir / CURVE_FILE
+    if not resume_from or not curve.exists():
+        return []
+    epochs_before, _ = _checkpoint_progress(resume_from)
+    return [EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before]
+
+
+def _training_args(
+    tp: Any, info: DeviceInfo, precision: str, state_dir: Path, is_main: bool
+) -> TrainingArguments:
+    """The Trainer's settings: the recipe, the precision, and checkpoints every epoch in
+    ``state_dir`` (the monitor scores dev, so the Trainer itself never evaluates)."""
+    world_size, _ = _world()
+    return TrainingArguments(
         output_dir=str(state_dir),
-        per_device_train_batch_size=per_device_batch,
+        per_device_train_batch_size=_per_device_batch(tp.batch_size),
         learning_rate=tp.learning_rate,
         num_train_epochs=tp.epochs,
         weight_decay=tp.weight_decay,
@@ -406,14 +458,78 @@ def _fine_tune(
         disable_tqdm=not is_main,
         ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
     )
+
+
+def _throughput(
+    trainer: Trainer, train_ds: Any, epochs: float, seconds: float, steps_before: int
+) -> tuple[float, float]:
+    """(windows/s, real tokens/s) over the steps this process ran (a resumed run: only the rest)."""
+    share = (trainer.state.global_step - steps_before) / max(trainer.state.max_steps, 1)
+    if not seconds:
+        return 0.0, 0.0
+    real_tokens = sum(sum(m) for m in train_ds["attention_mask"])
+    return len(train_ds) * epochs * share / seconds, real_tokens * epochs * share / seconds
+
+
+def fine_tune(
+    features_dir: Path,
+    validated_dir: Path,
+    out_dir: Path,
+    params: Params,
+    state_dir: Path = Path("models/train_state"),
+) -> dict[str, Any]:
+    """Train (resuming from ``state_dir`` when it holds the same training), save weights, tokenizer,
+    inference config and training curve to ``out_dir``, and return a summary.
+
+    Only rank 0 writes, logs and holds the state lock under torchrun.
+    """
+    paths = (Path(features_dir), Path(validated_dir), Path(out_dir), Path(state_dir))
+    if not _world()[1]:
+        return _fine_tune(*paths, params)
+    with exclusive_state(Path(state_dir)):
+        return _fine_tune(*paths, params)
+
+
+def _fine_tune(
+    features_dir: Path, validated_dir: Path, out_dir: Path, state_dir: Path, params: Params
+) -> dict[str, Any]:
+    tp, is_main = params.train, _world()[1]
+    set_seed(tp.seed)
+    info = detect_device(tp.device)  # first: a device that is not there fails before any loading
+    precision, precision_reason = explain_precision(tp.precision, info)
+    if info.backend == "cpu":
+        keep_freed_memory()
+    if is_main:
+        _remove_stale_outputs(out_dir)
+    inputs = _load_inputs(features_dir, validated_dir, params.base_model)
+    resume_from = None
+    if is_main:  # only rank 0 decides whether to resume, so only it hashes what the decision needs
+        resume_from = _open_run(
+            params,
+            inputs,
+            (features_dir, validated_dir, state_dir),
+            info,
+            (precision, precision_reason),
+        )
+    resume_from = _agree_on_resume(resume_from, info)
+    _, steps_before = _checkpoint_progress(resume_from)
+    monitor = DevF1Monitor(
+        inputs.dev_features,
+        inputs.dev_rows,
+        64,
+        pad_id(inputs.tokenizer),
+        math.ceil(tp.epochs),
+        state_dir / CURVE_FILE if is_main else None,
+        _curve_so_far(state_dir, resume_from) if is_main else [],
+    )
     trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        model=inputs.model,
+        args=_training_args(tp, info, precision, state_dir, is_main),
+        train_dataset=inputs.train_ds,
+        processing_class=inputs.tokenizer,
+        data_collator=DataCollatorWithPadding(inputs.tokenizer),
         callbacks=[monitor, SaveEverySteps(tp.save_steps)],
-        optimizers=(build_optimizer(model, tp), None),
+        optimizers=(build_optimizer(inputs.model, tp), None),
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -421,45 +537,70 @@ def _fine_tune(
     if not is_main:
         return {}
 
-    # throughput of the steps this process ran (a resumed run ran only the rest)
-    steps_total = max(trainer.state.max_steps, 1)
-    share = (trainer.state.global_step - steps_before) / steps_total
-    real_tokens = sum(sum(m) for m in train_ds["attention_mask"])
-    samples_per_s = len(train_ds) * tp.epochs * share / seconds if seconds else 0.0
-    tokens_per_s = real_tokens * tp.epochs * share / seconds if seconds else 0.0
-    peak_mb = _peak_memory_mb(info.device)
-    summary = {
-        "run_id": mlflow.active_run().info.run_id,
+    summary = _summary(params, info, precision, inputs, trainer, result, seconds, steps_before)
+    _publish(trainer, out_dir, summary, monitor.history)
+    shutil.rmtree(state_dir, ignore_errors=True)  # finished: the next run trains, not resumes
+    return summary
+
+
+def _summary(
+    params: Params,
+    info: DeviceInfo,
+    precision: str,
+    inputs: TrainInputs,
+    trainer: Trainer,
+    result: Any,
+    seconds: float,
+    steps_before: int,
+) -> dict[str, Any]:
+    """What the finished training reports: written beside the weights (prediction reads its window
+    settings from it), printed by ``medqa train`` and logged to MLflow."""
+    samples_per_s, tokens_per_s = _throughput(
+        trainer, inputs.train_ds, params.train.epochs, seconds, steps_before
+    )
+    return {
+        "run_id": _active_run_id(),
         "base_model": params.base_model,
         "backend": info.backend,
         "device": asdict(info),
         "precision": precision,
-        "world_size": world_size,
-        "train_windows": len(train_ds),
+        "world_size": _world()[0],
+        "train_windows": len(inputs.train_ds),
         "train_seconds": round(seconds, 2),
         "samples_per_s": round(samples_per_s, 3),
         "tokens_per_s": round(tokens_per_s, 1),
-        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_mb": round(_peak_memory_mb(info.device), 1),
         "resumed_from_step": steps_before,
         "final_train_loss": float(result.training_loss),
-        "max_seq_length": tok_summary["max_seq_length"],
-        "doc_stride": tok_summary["doc_stride"],
+        "max_seq_length": inputs.tokenize_summary["max_seq_length"],
+        "doc_stride": inputs.tokenize_summary["doc_stride"],
     }
+
+
+def _active_run_id() -> str:
+    """The MLflow run _open_run started (rank 0 always has one open by now)."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: _open_run starts one before training")
+    return run.info.run_id
+
+
+def _publish(
+    trainer: Trainer, out_dir: Path, summary: dict[str, Any], curve: list[EpochRecord]
+) -> None:
+    """Write weights, tokenizer, inference config and curve to ``out_dir`` in one atomic step, then
+    log the run's figures (as written in the summary) and close its MLflow run."""
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp))  # safetensors weights + config + tokenizer
         write_json_atomic(tmp / INFERENCE_CONFIG, summary)
-        write_json_atomic(tmp / MODEL_CURVE, [asdict(r) for r in monitor.history])
+        write_json_atomic(tmp / MODEL_CURVE, [asdict(r) for r in curve])
     mlflow.log_metrics(
         {
-            "train_seconds": seconds,
-            "train_samples_per_s": samples_per_s,
-            "train_tokens_per_s": tokens_per_s,
-            "peak_memory_mb": peak_mb,
-            "final_train_loss": float(result.training_loss),
+            "train_seconds": summary["train_seconds"],
+            "train_samples_per_s": summary["samples_per_s"],
+            "train_tokens_per_s": summary["tokens_per_s"],
+            "peak_memory_mb": summary["peak_memory_mb"],
+            "final_train_loss": summary["final_train_loss"],
         }
     )
     mlflow.end_run()
-    shutil.rmtree(
-        state_dir, ignore_errors=True
-    )  # finished: the next run trains, it does not resume
-    return summary

@@ -1,0 +1,238 @@
+"""`medqa serve`: a registered model over REST, in one process, with bounded work per request.
+
+It speaks MLflow's scoring protocol (``POST /invocations`` with ``dataframe_records``,
+``dataframe_split``, ``instances`` or ``inputs``; ``GET /ping``, ``/health``, ``/version``) and loads
+the version's pyfunc, so requests, answers and error messages are those of ``mlflow models serve``.
+It differs where that server failed its users (issue 20):
+
+- Limits: at most ``max_records`` records and ``max_chars`` characters (questions and contexts) per
+  request. A larger request gets HTTP 413 naming the limit before any work starts, where the MLflow
+  server ran it and answered 504 after 60 s while the work went on in the background.
+- One process: the model is loaded by the process that listens (no CLI, uvicorn and worker chain),
+  so a cold start is the imports plus the model load, and signals reach the server itself.
+- Shutdown: SIGTERM or SIGINT stops a running prediction after its current batch (its client gets
+  503), then the server closes; nothing outlives it.
+- One prediction at a time: a request's records go through the predictor's batched path together,
+  and concurrent requests queue for the cores rather than thrash them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from io import StringIO
+from types import FrameType
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from medqa.errors import ModelError
+from medqa.predictor import PredictionStopped
+
+log = logging.getLogger(__name__)
+
+# How long a shutdown waits for requests to finish before it cancels them; a running prediction
+# stops at its next batch anyway, so this only bounds a stuck client.
+GRACEFUL_SHUTDOWN_S = 10
+JSON = "application/json"
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    """An error in MLflow's shape, so clients of its scoring server read it the same way."""
+    return Response(json.dumps({"error_code": code, "message": message}), status, media_type=JSON)
+
+
+def as_frame(parsed: Any) -> Any:
+    """A parsed request as a DataFrame: ``instances`` and ``inputs`` parse to a list of records or
+    a dict of columns (or of one record's values), which the pyfunc would turn into one anyway."""
+    import pandas as pd
+
+    if isinstance(parsed, pd.DataFrame):
+        return parsed
+    try:
+        return pd.DataFrame(parsed)
+    except ValueError:  # a dict of scalars: one record
+        return pd.DataFrame([parsed])
+
+
+def request_size(frame: Any) -> tuple[int, int]:
+    """(records, characters of their questions and contexts) of a parsed request frame.
+
+    Values that are not text count as nothing here: the model's own checks refuse them with a 400.
+    """
+    chars = 0
+    for column in ("question", "context"):
+        if column in frame.columns:
+            chars += sum(len(v) for v in frame[column] if isinstance(v, str))
+    return len(frame), chars
+
+
+class ScoringApp:
+    """The HTTP endpoints around one loaded pyfunc model and its QAPredictor."""
+
+    def __init__(self, model: Any, max_records: int, max_chars: int) -> None:
+        self.model = model
+        self.predictor = model.unwrap_python_model().predictor
+        self.schema = model.metadata.get_input_schema()
+        self.max_records, self.max_chars = max_records, max_chars
+        # JSON escapes take up to 6 bytes a character; beyond this the body is refused unread
+        self.max_body_bytes = 6 * max_chars + 65_536
+        self.one_at_a_time = anyio.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/ping", self.ping, methods=["GET"]),
+                Route("/health", self.ping, methods=["GET"]),
+                Route("/version", self.version, methods=["GET"]),
+                Route("/invocations", self.invocations, methods=["POST"]),
+            ]
+        )
+
+    async def ping(self, request: Request) -> Response:
+        """Healthy once listening: the model is loaded before the socket opens."""
+        return Response("\n", 200, media_type=JSON)
+
+    async def version(self, request: Request) -> Response:
+        import mlflow
+
+        return Response(mlflow.__version__, 200, media_type=JSON)
+
+    def _too_large(self, what: str, n: int, limit: int, flag: str) -> Response:
+        return _error(
+            413,
+            "REQUEST_TOO_LARGE",
+            f"request has {n} {what}; the limit is {limit} per request (split it into smaller "
+            f"requests, or raise the server's {flag})",
+        )
+
+    async def _body(self, request: Request) -> bytes | Response:
+        """The request body, or a 413 as soon as it is longer than any request within the limits."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return self._too_large(
+                "bytes", int(declared), self.max_body_bytes, "--max-chars / serve.max_chars"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                return self._too_large(
+                    "bytes or more", len(body), self.max_body_bytes, "--max-chars / serve.max_chars"
+                )
+        return bytes(body)
+
+    async def invocations(self, request: Request) -> Response:
+        """Parse as MLflow does, refuse what is over the limits, predict all records at once."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.pyfunc.scoring_server import infer_and_parse_data, predictions_to_json
+
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type != JSON:
+            return _error(
+                415, "BAD_REQUEST", f"send {JSON} (MLflow's JSON formats); got {content_type!r}"
+            )
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:  # parsed in a worker thread: a large body must not hold up /ping and the other requests
+            data = await anyio.to_thread.run_sync(json.loads, body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return _error(400, "BAD_REQUEST", f"the body is not valid UTF-8 JSON ({e})")
+        if not isinstance(data, dict):
+            return _error(400, "BAD_REQUEST", "expected a JSON object such as {dataframe_records}")
+        try:
+            parsed = await anyio.to_thread.run_sync(infer_and_parse_data, data, self.schema)
+            frame = as_frame(parsed)
+            records, chars = request_size(frame)
+            if records > self.max_records:
+                return self._too_large(
+                    "records", records, self.max_records, "--max-records / serve.max_records"
+                )
+            if chars > self.max_chars:
+                return self._too_large(
+                    "characters of questions and contexts",
+                    chars,
+                    self.max_chars,
+                    "--max-chars / serve.max_chars",
+                )
+            async with self.one_at_a_time:
+                predictions = await anyio.to_thread.run_sync(self.model.predict, frame)
+        except PredictionStopped as e:
+            return _error(503, "SERVICE_UNAVAILABLE", str(e))
+        except MlflowException as e:
+            return Response(e.serialize_as_json(), e.get_http_status_code(), media_type=JSON)
+        out = StringIO()
+        predictions_to_json(predictions, out)
+        return Response(out.getvalue(), 200, media_type=JSON)
+
+
+class _StoppingServer(uvicorn.Server):
+    """uvicorn's server whose exit signal also stops the prediction in progress."""
+
+    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
+        super().__init__(config)
+        self._stop = stop
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._stop.set()
+        super().handle_exit(sig, frame)
+
+
+def load_served_model(uri: str, precision: str | None = None) -> Any:
+    """The pyfunc of ``uri``, its predictor at the recorded precision or at ``precision``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as e:
+        raise ModelError(f"{uri}: {e.message.splitlines()[0]}") from None
+    except OSError as e:
+        raise ModelError(f"{uri}: cannot load ({e})") from None
+    if precision is not None:
+        model.unwrap_python_model().predictor.use_precision(precision)
+    return model
+
+
+def serve(
+    uri: str,
+    host: str,
+    port: int,
+    precision: str | None,
+    max_records: int,
+    max_chars: int,
+) -> None:
+    """Load ``uri`` and answer requests on ``host:port`` until SIGTERM or SIGINT; ``max_records``
+    and ``max_chars`` bound each request (params.yaml's serve group)."""
+    started = time.perf_counter()
+    model = load_served_model(uri, precision)
+    scoring = ScoringApp(model, max_records, max_chars)
+    p = scoring.predictor
+    log.info(
+        "loaded %s in %.1f s; precision %s (%s); limits %d records, %d characters per request",
+        uri,
+        time.perf_counter() - started,
+        p.precision,
+        p.precision_reason,
+        max_records,
+        max_chars,
+    )
+    config = uvicorn.Config(
+        scoring.app,
+        host=host,
+        port=port,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        log_level="info",
+    )
+    server = _StoppingServer(config, p.stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped for: a normal end here
+        return
