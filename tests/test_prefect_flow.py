@@ -482,9 +482,14 @@ def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
             assert dep["name"] == "test" and dep["parameters"]["project_dir"] == str(project)
             assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["30 1 * * 1"]
 
-            run = httpx.post(
-                f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=10
-            ).json()
+            def created() -> dict | None:
+                # a busy server may answer an error body (no "id") instead of the new run
+                response = httpx.post(
+                    f"{api}/deployments/{dep['id']}/create_flow_run", json={}, timeout=30
+                )
+                return response.json() if response.status_code < 300 else None
+
+            run = wait_for(created, 120, "the triggered flow run to be created")
 
             def finished() -> dict | None:
                 fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
