@@ -1178,3 +1178,27 @@ def validate_records(
     )
     write_json_atomic(report_path, summary.as_dict())
     return summary
+
+
+def validate_eval_file(
+    path: Path, params: ValidateParams
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a user's data file checked by the validate stage's rules, and a label per row.
+
+    The whole file is one evaluation set: its rows are put in one split, so split names and
+    cross-split leakage (training concerns) cannot reject them, while every other check applies.
+    The first bad row stops the run, named by file, row and id with its failed checks.
+    """
+    df = read_qa_records(Path(path), "auto").reset_index(drop=True)
+    df["split"] = "test"
+    reasons = find_invalid_rows(df, params)
+    if reasons:
+        i = min(reasons)
+        more = f" ({len(reasons) - 1} more rows fail validation)" if len(reasons) > 1 else ""
+        raise DataError(
+            f"{df.loc[i, 'source']} {df.loc[i, 'row']} id={df.loc[i, 'id']!r}: "
+            f"{', '.join(reasons[i])}{more}"
+        )
+    # through JSON, as the validate stage writes them, so the rows are the ones a pipeline run would see
+    rows = [json.loads(json.dumps(r, default=str)) for r in df[OUTPUT_COLUMNS].to_dict("records")]
+    return rows, [f"{s} {r}" for s, r in zip(df["source"], df["row"])]
