@@ -23,7 +23,7 @@ from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
 from medqa.device import cpu_bf16_features, to_inference_device
 from medqa.errors import ConfigError, DataError, ModelError
-from medqa.features import build_eval_features, check_window_fits
+from medqa.features import build_eval_features, check_window_fits, max_question_tokens
 from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
 from medqa.scoring import span_decisions_timed
 
@@ -81,21 +81,6 @@ def precision_context(model: PreTrainedModel, precision: str) -> contextlib.Abst
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
 # texts are split into sliding windows like any other, but one request must stay bounded in time.
 MAX_CONTEXT_CHARS = 200_000
-
-
-def max_question_tokens(tokenizer: PreTrainedTokenizerBase, tokenize: TokenizeParams) -> int:
-    """The longest question, in tokens, that windows of ``tokenize`` can take beside a context.
-
-    The tokenizer needs room for more than doc_stride context tokens beside the question, or it
-    panics (a Rust panic, not an exception); keeping half a stride more bounds the number of windows
-    of a long context.
-    """
-    return (
-        tokenize.max_seq_length
-        - tokenizer.num_special_tokens_to_add(pair=True)
-        - tokenize.doc_stride
-        - tokenize.doc_stride // 2
-    )
 
 
 @dataclass(frozen=True)
