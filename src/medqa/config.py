@@ -124,6 +124,8 @@ class TrainParams:
     warmup_ratio: float = 0.1
     # encoder layer k of L trains at learning_rate * decay**(L-k); 1.0: no decay
     layer_lr_decay: float = 1.0
+    # dropout on the attention weights while training; None: the base model's own (0.1 for BERT)
+    attention_dropout: float | None = None
     seed: int = 42
     # a checkpoint every N optimizer steps as well as every epoch; 0: every epoch only
     save_steps: int = 0
@@ -199,6 +201,11 @@ class Params:
 
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
+    args = get_args(tp)
+    if type(None) in args:  # `X | None`: null, or a value of X
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if get_origin(tp) is Literal:
@@ -258,6 +265,8 @@ def _check_ranges(params: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{f.name}: must be > 0, got {value}")
         if f.name == "layer_lr_decay" and not 0 < value <= 1:
             raise ConfigError(f"{prefix}.{f.name}: must be in (0, 1], got {value}")
+        if f.name == "attention_dropout" and value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{prefix}.{f.name}: must be in [0, 1) or null, got {value}")
         if f.name in ("save_steps", "weight_decay") and value < 0:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
     if (

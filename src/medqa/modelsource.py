@@ -40,6 +40,8 @@ TOKENIZER_FILES = (
     "spm.model",
     "tokenizer.model",
 )
+# Config keys of dropout on the attention weights, by family (see attention_dropout_settings).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 # Families whose position ids start after the padding index (RoBERTa's convention): the first
 # pad_token_id + 1 rows of the position table are never used by a token.
 PADDING_OFFSET_POSITIONS = frozenset(
@@ -215,20 +217,38 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_qa_model(name: str) -> PreTrainedModel:
+def attention_dropout_settings(config: PreTrainedConfig, p: float | None) -> dict[str, float]:
+    """The config keys that set dropout on the attention weights, each at ``p``; empty for None.
+
+    Families name it differently (BERT, RoBERTa, ELECTRA, ALBERT, XLM-R, DeBERTa:
+    attention_probs_dropout_prob; DistilBERT, ModernBERT: attention_dropout); only the keys the
+    config has are set, so no family gains an attribute its code never reads.
+    """
+    if p is None:
+        return {}
+    return {key: p for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)}
+
+
+def load_qa_model(name: str, attention_dropout: float | None = None) -> PreTrainedModel:
     """A question-answering model from ``name``; a new QA head is initialised if it has none.
 
     Attention is SDPA where the architecture implements it, eager otherwise; the choice is readable
-    as ``model.config._attn_implementation``.
+    as ``model.config._attn_implementation``. ``attention_dropout`` (None: the model's own) replaces
+    the dropout on attention weights: at 0, SDPA on a CPU runs its fused kernel in training instead
+    of the unfused path that has to draw a random mask over every (query, key) pair.
     """
     source = _offline_source(name)
     folder = _local_folder(source)
     if folder is not None:
         _check_safetensors(folder)
-    attn = attention_implementation(load_model_config(name))
+    config = load_model_config(name)
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, attn_implementation=attn
+            source,
+            use_safetensors=True,
+            trust_remote_code=False,
+            attn_implementation=attention_implementation(config),
+            **attention_dropout_settings(config, attention_dropout),
         )
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(f"{name}: cannot load the model ({first_line(e)})") from None

@@ -328,12 +328,12 @@ def _remove_stale_outputs(out_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _load_inputs(features_dir: Path, validated_dir: Path, base_model: str) -> TrainInputs:
+def _load_inputs(features_dir: Path, validated_dir: Path, params: Params) -> TrainInputs:
     """The base model, its tokenizer, the tokenized splits and the dev answers."""
     dev_path = features_dir / "dev"
     return TrainInputs(
-        tokenizer=load_tokenizer(base_model),
-        model=load_qa_model(base_model),
+        tokenizer=load_tokenizer(params.base_model),
+        model=load_qa_model(params.base_model, params.train.attention_dropout),
         train_ds=load_from_disk(str(features_dir / "train")),
         dev_features=load_from_disk(str(dev_path)).to_list() if dev_path.exists() else [],
         dev_rows=read_jsonl(validated_dir / "dev.jsonl"),
@@ -501,7 +501,7 @@ def _fine_tune(
         keep_freed_memory()
     if is_main:
         _remove_stale_outputs(out_dir)
-    inputs = _load_inputs(features_dir, validated_dir, params.base_model)
+    inputs = _load_inputs(features_dir, validated_dir, params)
     resume_from = None
     if is_main:  # only rank 0 decides whether to resume, so only it hashes what the decision needs
         resume_from = _open_run(
