@@ -44,7 +44,7 @@ bench: setup
 ## paper-recipe, run in a temporary copy (the workspace keeps the default) and logged to the project's
 ## MLflow store; compare it with the default run in the table `dvc exp show` prints.
 PAPER_RECIPE := -S train.batch_size=32 -S train.learning_rate=2e-5 -S train.head_learning_rate=2e-5 \
-	-S train.epochs=3 -S train.layer_lr_decay=1.0
+	-S train.epochs=3 -S train.layer_lr_decay=1.0 -S train.attention_dropout=null
 .PHONY: paper-recipe
 paper-recipe: setup
 	dvc exp remove paper-recipe >/dev/null 2>&1 || true

@@ -195,8 +195,10 @@ def train_ours(
     warmup: int,
     max_steps: int | None,
     mlflow_uri: str,
+    precision: str | None = None,
 ) -> TrainRun:
-    """medqa's tokenize stage and fine_tune on ``train_rows``, in the scratch folder ``work``.
+    """medqa's tokenize stage and fine_tune on ``train_rows``, in the scratch folder ``work``, at
+    ``precision`` (None: params.yaml's, normally auto).
 
     Runs in its own process: it changes into ``work`` so that fine_tune's relative defaults (mlruns/,
     models/train_state) land there, never in the project. Dev scoring is done afterwards rather than by
@@ -211,6 +213,10 @@ def train_ours(
     os.chdir(work)
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
     params = _params(max_seq_length, doc_stride, epochs)
+    if precision is not None:
+        params = dataclasses.replace(
+            params, train=dataclasses.replace(params.train, precision=precision)
+        )
     validated = work / "validated"
     for split, rows in (("train", train_rows), ("dev", []), ("test", [])):
         write_jsonl_atomic(validated / f"{split}.jsonl", rows)

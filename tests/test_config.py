@@ -33,6 +33,7 @@ def test_shipped_params_load_and_the_paper_preset_is_the_papers_recipe():
         2e-5,
         3,
     )
+    assert paper.attention_dropout is None  # the base model's own, as the paper's BERT trained
 
 
 def test_wrong_type_names_the_key():
@@ -132,6 +133,8 @@ def test_params_as_dvc_writes_them_load(tmp_path):
             r"register\.min_f1: must be in \[0, 1\] \(F1 as a share, not a percentage\)",
         ),
         ("validate", "repair", "yes", r"validate\.repair: expected bool, got str 'yes'"),
+        ("train", "attention_dropout", 1, r"train\.attention_dropout: must be in \[0, 1\) or null"),
+        ("train", "attention_dropout", "off", r"train\.attention_dropout: expected float, got str"),
     ],
 )
 def test_out_of_range_values_name_the_key(group, key, value, expected):
@@ -152,13 +155,20 @@ def test_model_name_must_be_a_registered_model_name(name):
 def test_edge_values_that_are_fine_load():
     p = parse_params(
         {
-            "train": {"seed": 0, "weight_decay": 0, "warmup_ratio": 0, "batch_size": 1},
+            "train": {
+                "seed": 0,
+                "weight_decay": 0,
+                "warmup_ratio": 0,
+                "batch_size": 1,
+                "attention_dropout": None,
+            },
             "evaluate": {"bootstrap_samples": 1},
             "validate": {"repair": False},
             "register": {"model_name": "AMD_qa-2.v1", "min_f1": 1},
         }
     )
     assert (p.train.seed, p.train.warmup_ratio, p.validate.repair) == (0, 0.0, False)
+    assert p.train.attention_dropout is None
     assert p.register.model_name == "AMD_qa-2.v1"
     assert Params().validate.repair is True
 

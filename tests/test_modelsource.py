@@ -25,6 +25,7 @@ from medqa.errors import ConfigError, ModelError
 from medqa.features import check_window_fits, tokenize_splits
 from medqa.modelsource import (
     TOKENIZER_FILES,
+    attention_dropout_settings,
     load_model_config,
     load_qa_model,
     load_tokenizer,
@@ -79,6 +80,40 @@ def test_attention_is_sdpa_where_supported_and_eager_for_deberta(tiny_model_dir,
     assert deberta.config._attn_implementation == "eager"
     out = deberta(input_ids=torch.tensor([[1, 5, 6, 2]]))
     assert out.start_logits.shape == (1, 4)
+
+
+def _training_attention_kernels(model) -> set[str]:
+    """The SDPA kernels a training-mode forward of ``model`` runs (names from the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    ids = torch.tensor([[101, 2054, 2003, 102, 2023, 2003, 1037, 3231, 102, 0]])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(input_ids=ids, attention_mask=(ids != 0).long())
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_attention_dropout_zero_trains_with_the_fused_kernel(tiny_model_dir):
+    # With dropout on the attention weights SDPA on a CPU falls back to its unfused math path,
+    # which also draws a random mask over every query-key pair: 29% of a MiniLM training step
+    own = load_qa_model(str(tiny_model_dir))
+    assert own.config.attention_probs_dropout_prob == 0.1
+    assert "aten::_scaled_dot_product_attention_math" in _training_attention_kernels(own)
+    off = load_qa_model(str(tiny_model_dir), attention_dropout=0.0)
+    assert off.config.attention_probs_dropout_prob == 0.0
+    assert off.config.hidden_dropout_prob == 0.1  # only attention dropout changes
+    kernels = _training_attention_kernels(off)
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
+    assert any("flash_attention" in k for k in kernels), kernels
+
+
+def test_attention_dropout_is_set_under_each_familys_key():
+    from transformers import BertConfig, DistilBertConfig, ModernBertConfig
+
+    assert attention_dropout_settings(BertConfig(), 0.0) == {"attention_probs_dropout_prob": 0.0}
+    assert attention_dropout_settings(DistilBertConfig(), 0.05) == {"attention_dropout": 0.05}
+    assert attention_dropout_settings(ModernBertConfig(), 0.0) == {"attention_dropout": 0.0}
+    assert attention_dropout_settings(BertConfig(), None) == {}
 
 
 def test_architecture_without_a_qa_model_is_named(tmp_path, tiny_model_dir):

@@ -21,13 +21,9 @@ import mlflow
 import pytest
 
 from medqa.config import RegisterParams
+from medqa.device import precision_context
 from medqa.errors import ConfigError
-from medqa.predictor import (
-    PredictionStopped,
-    QAPredictor,
-    explain_inference_precision,
-    precision_context,
-)
+from medqa.predictor import PredictionStopped, QAPredictor, explain_inference_precision
 from medqa.registry import register_model
 
 pytestmark = pytest.mark.slow  # real servers and tiny registered models

@@ -152,6 +152,9 @@ def test_same_seed_same_weights_and_dev_f1(workspace):
     curve_a = json.loads((workspace / "a" / "checkpoint" / "train_curve.json").read_text())
     assert curve_a == json.loads((workspace / "b" / "checkpoint" / "train_curve.json").read_text())
     assert [r["epoch"] for r in curve_a] == [1, 2, 3]
+    # params.yaml's train.attention_dropout 0.0 reached the model that trained
+    config = json.loads((workspace / "a" / "checkpoint" / "config.json").read_text())
+    assert config["attention_probs_dropout_prob"] == 0.0
     assert (
         all(0 <= r["dev_f1"] <= 1 for r in curve_a[:-1]) and curve_a[-1]["dev_f1"] is None
     )  # evaluate's
@@ -160,9 +163,12 @@ def test_same_seed_same_weights_and_dev_f1(workspace):
 def test_bf16_autocast_training_is_exactly_reproducible(workspace):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["train"]["precision"] = "bf16"
+    params["train"]["attention_dropout"] = None  # the model's own: reproducible with dropout too
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     run_train(workspace, "a")
     run_train(workspace, "b")
+    config = json.loads((workspace / "a" / "checkpoint" / "config.json").read_text())
+    assert config["attention_probs_dropout_prob"] == 0.1  # BertConfig's default, untouched
     assert (
         json.loads((workspace / "a" / "checkpoint" / "medqa.json").read_text())["precision"]
         == "bf16"

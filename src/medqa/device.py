@@ -8,13 +8,15 @@ from the kernel's CPU flags (:func:`cpu_bf16_features`). ``medqa doctor`` is :mo
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from transformers import PreTrainedModel
 
 from medqa.errors import ConfigError
 
@@ -174,3 +176,19 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(m_trim_threshold, 2**30) == 1  # don't give the heap back below 1 GiB free
     ok &= mallopt(m_top_pad, 2**26) == 1
     return bool(ok)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_context(
+    model: PreTrainedModel, precision: str
+) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``precision`` on the model's device (nothing for fp32).
+
+    Autocast, not weights cast to bf16: matrix products run in bf16 while softmax, layer norm and the
+    logits stay fp32, which keeps the answers of the fp32 model (see docs/benchmarks.md).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=_AUTOCAST_DTYPES[precision])

@@ -7,7 +7,6 @@ The CLI, batch files and the MLflow pyfunc (hence ``mlflow models serve``) all g
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import threading
@@ -21,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
-from medqa.device import cpu_bf16_features, to_inference_device
+from medqa.device import cpu_bf16_features, precision_context, to_inference_device
 from medqa.errors import ConfigError, DataError, ModelError
 from medqa.features import build_eval_features, check_window_fits, max_question_tokens
 from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
@@ -32,7 +31,6 @@ DECODING_FILE = "decoding.json"
 # decoding.json ("precision"), so the registered model is served as it was scored; a model folder
 # without one was scored in fp32.
 PRECISIONS = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def explain_inference_precision(
@@ -65,17 +63,6 @@ def resolve_inference_precision(requested: str, device: torch.device) -> tuple[s
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     features = cpu_bf16_features() if device.type == "cpu" else ()
     return explain_inference_precision(requested, device.type, gpu_bf16, features)
-
-
-def precision_context(model: PreTrainedModel, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to ``precision`` on the model's device (nothing for fp32).
-
-    Autocast, not weights cast to bf16: matrix products run in bf16 while softmax, layer norm and the
-    logits stay fp32, which keeps the answers of the fp32 model (see docs/benchmarks.md).
-    """
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(model.device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer

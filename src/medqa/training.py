@@ -55,7 +55,13 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medqa.config import DecodeParams, Params, as_dict
-from medqa.device import DeviceInfo, detect_device, explain_precision, keep_freed_memory
+from medqa.device import (
+    DeviceInfo,
+    detect_device,
+    explain_precision,
+    keep_freed_memory,
+    precision_context,
+)
 from medqa.fileio import atomic_dir, read_jsonl, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.optim import build_optimizer
@@ -97,7 +103,8 @@ class DevF1Monitor(TrainerCallback):
 
     The Trainer calls on_epoch_end before it logs the epoch's loss, so the dev scores wait in
     ``_pending`` until the loss arrives in on_log. The curve is written to ``curve_path`` after each
-    epoch, so a resumed run continues it instead of starting a new one.
+    epoch, so a resumed run continues it instead of starting a new one. Dev is scored at the
+    training's precision (bf16 autocast scores it in half the time of fp32 on a CPU that has bf16).
     """
 
     def __init__(
@@ -107,11 +114,12 @@ class DevF1Monitor(TrainerCallback):
         batch_size: int,
         pad_id: int,
         final_epoch: int,
+        precision: str,
         curve_path: Path | None = None,
         history: list[EpochRecord] | None = None,
     ) -> None:
         self.dev_features, self.dev_rows, self.final_epoch = dev_features, dev_rows, final_epoch
-        self.batch_size, self.pad_id = batch_size, pad_id
+        self.batch_size, self.pad_id, self.precision = batch_size, pad_id, precision
         self.curve_path = curve_path
         self.history: list[EpochRecord] = list(history or [])
         self._pending: EpochRecord | None = None
@@ -130,9 +138,15 @@ class DevF1Monitor(TrainerCallback):
         if epoch >= self.final_epoch:  # the evaluate stage scores the final model on dev
             self._pending = EpochRecord(epoch, float("nan"), None, None)
             return
-        scores = score_split(
-            model, self.dev_features, self.dev_rows, DecodeParams(), self.batch_size, self.pad_id
-        )
+        with precision_context(model, self.precision):  # the Trainer's autocast ends with forward
+            scores = score_split(
+                model,
+                self.dev_features,
+                self.dev_rows,
+                DecodeParams(),
+                self.batch_size,
+                self.pad_id,
+            )
         model.train()
         self._pending = EpochRecord(epoch, float("nan"), scores["f1"], scores["exact"])
 
@@ -519,6 +533,7 @@ def _fine_tune(
         64,
         pad_id(inputs.tokenizer),
         math.ceil(tp.epochs),
+        precision,
         state_dir / CURVE_FILE if is_main else None,
         _curve_so_far(state_dir, resume_from) if is_main else [],
     )
