@@ -149,7 +149,7 @@ class Bench:
 
 def section_training(b: Bench) -> list[Row]:
     """1. medqa's fine_tune vs the run_qa-style Trainer: same rows, recipe, seed, model, device."""
-    from benchmarks.training_bench import combine, train_ours, train_reference
+    from benchmarks.training_bench import combine, train_ours, train_reference, training_precision
 
     p, tp = b.preset, b.params.train
     rows, dev = subset(b.train_rows, p.train_questions), subset(b.dev_rows, p.dev_questions)
@@ -159,10 +159,8 @@ def section_training(b: Bench) -> list[Row]:
     # "fp32": ours again with train.precision fp32, when auto chose something else (bf16 on a CPU
     # with native bf16): the speed-up of the precision policy alone, everything else equal
     runs: dict[str, list[Any]] = {"ours": [], "ref": [], "fp32": []}
+    paths = ["ours", "ref"] + (["fp32"] if b.isolated(training_precision) != "fp32" else [])
     for r in range(p.rounds):  # alternating, so a burst of other work hits every path alike
-        paths = ["ours", "ref"]
-        if runs["ours"] and runs["ours"][0].precision != "fp32":
-            paths.append("fp32")
         for path in paths if r % 2 == 0 else paths[::-1]:
             scored = dev if not runs[path] else None  # the same seeded training again: score once
             work = b.scratch / f"train-{path}-{r}"

@@ -185,6 +185,14 @@ def _params(max_seq_length: int, doc_stride: int, epochs: float) -> Any:
     )
 
 
+def training_precision() -> str:
+    """The precision fine_tune picks with params.yaml's train settings on this machine."""
+    from medqa.device import detect_device, explain_precision
+
+    tp = _params(384, 128, 1).train
+    return explain_precision(tp.precision, detect_device(tp.device))[0]
+
+
 def train_ours(
     work: Path,
     train_rows: list[dict[str, Any]],

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from medqa.config import RegisterParams
 from medqa.device import precision_context
@@ -133,6 +134,9 @@ def test_a_version_records_its_precision_and_is_served_at_it(in_project):
     assert served.precision == "bf16" and "measured" in served.precision_reason
     full = load_served_model(f"models:/{NAME}@champion", "fp32").unwrap_python_model().predictor
     assert full.precision == "fp32"  # one setting away
+    # loaded again for fp32: its weights were cast for bf16 on load
+    assert served.model.qa_outputs.weight.dtype == torch.bfloat16
+    assert full.model.qa_outputs.weight.dtype == torch.float32
     records = [_record(i) for i in range(3)]
     answers = [r["answer"] for r in served.predict(records)]
     assert answers == [r["answer"] for r in full.predict(records)]  # same spans on this model
@@ -172,6 +176,35 @@ def test_bf16_autocast_runs_matrix_products_in_bf16(tiny_model_dir):
         assert model.qa_outputs(x).dtype == torch.bfloat16
     with precision_context(model, "fp32"):
         assert model.qa_outputs(x).dtype == torch.float32
+
+
+def test_weights_cast_once_give_autocasts_logits_bit_for_bit(tiny_model_dir):
+    from transformers import AutoModelForQuestionAnswering
+
+    from medqa.device import cast_for_autocast
+
+    def load():
+        return AutoModelForQuestionAnswering.from_pretrained(tiny_model_dir).eval()
+
+    plain, cast = load(), cast_for_autocast(load(), "bf16")
+    assert cast.qa_outputs.weight.dtype == torch.bfloat16
+    assert cast.bert.embeddings.word_embeddings.weight.dtype == torch.float32  # as autocast
+    assert cast.bert.encoder.layer[0].output.LayerNorm.weight.dtype == torch.float32
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    with torch.inference_mode():
+        with precision_context(plain, "bf16"):
+            a = plain(input_ids=ids, attention_mask=mask)
+        with precision_context(cast, "bf16"):
+            b = cast(input_ids=ids, attention_mask=mask)
+    assert torch.equal(a.start_logits, b.start_logits)
+    assert torch.equal(a.end_logits, b.end_logits)
+    # weights cast for bf16 are never run as if they were fp32
+    with pytest.raises(ValueError, match="cast for bf16 autocast; reload it for fp32"):
+        precision_context(cast, "fp32")
+    assert cast_for_autocast(load(), "fp32").qa_outputs.weight.dtype == torch.float32
 
 
 def test_requests_over_the_limits_get_413_naming_the_limit(client):

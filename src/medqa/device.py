@@ -189,6 +189,38 @@ def precision_context(
     Autocast, not weights cast to bf16: matrix products run in bf16 while softmax, layer norm and the
     logits stay fp32, which keeps the answers of the fp32 model (see docs/benchmarks.md).
     """
+    cast = getattr(model, CAST_MARK, None)
+    if cast is not None and cast != precision:
+        raise ValueError(
+            f"the model's weights were cast for {cast} autocast; reload it for {precision}"
+        )
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(model.device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+# Set on a model whose matrix weights cast_for_autocast converted: the precision they are cast for.
+CAST_MARK = "_medqa_cast_for"
+
+
+def cast_for_autocast(model: ModelT, precision: str) -> ModelT:
+    """Convert the weights and biases of the model's linear layers, once, to the dtype autocast at
+    ``precision`` would convert them to on every pass; for inference only (training keeps fp32
+    master weights for the optimizer). Nothing for fp32.
+
+    Autocast casts each weight again in every forward pass (aten::copy_, 6% of a bf16 pass of the
+    default model on a CPU). Cast once, the results are bit-identical to autocast's (a test
+    compares the logits) and a pass is ~7% faster. Layer norms and embeddings stay fp32, as autocast
+    keeps them. The model is marked, so running it at another precision is refused, not silent.
+    """
+    if precision == "fp32":
+        return model
+    dtype = _AUTOCAST_DTYPES[precision]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = module.weight.data.to(dtype)
+                if module.bias is not None:
+                    module.bias.data = module.bias.data.to(dtype)
+    setattr(model, CAST_MARK, precision)
+    return model

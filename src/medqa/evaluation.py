@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 from medqa.baselines import lexical_answer
 from medqa.config import DecodeParams, EvaluateParams, ValidateParams
 from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
-from medqa.device import to_inference_device
+from medqa.device import cast_for_autocast, precision_context, to_inference_device
 from medqa.errors import DataError
 from medqa.fileio import (
     read_jsonl,
@@ -45,7 +45,6 @@ from medqa.metrics import score_question
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.predictor import (
     load_saved_model,
-    precision_context,
     resolve_inference_precision,
     score_saved_model,
 )
@@ -218,6 +217,7 @@ def evaluate_checkpoint(
     model = to_inference_device(load_qa_model(str(model_dir)))
     # every pass at the precision the model will be served with, so test F1 is the served F1
     precision, precision_reason = resolve_inference_precision(params.precision, model.device)
+    cast_for_autocast(model, precision)  # as load_saved_model serves it: the same arithmetic
     dev, test = (
         _load_split(features_dir, validated_dir, "dev"),
         _load_split(features_dir, validated_dir, "test"),

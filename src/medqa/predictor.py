@@ -20,7 +20,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
-from medqa.device import cpu_bf16_features, precision_context, to_inference_device
+from medqa.device import (
+    cast_for_autocast,
+    cpu_bf16_features,
+    precision_context,
+    to_inference_device,
+)
 from medqa.errors import ConfigError, DataError, ModelError
 from medqa.features import build_eval_features, check_window_fits, max_question_tokens
 from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
@@ -148,6 +153,7 @@ def load_saved_model(
     )
     model = to_inference_device(load_qa_model(str(folder)), device)
     chosen, why = _served_precision(precision, recorded, settings_file, model.device)
+    cast_for_autocast(model, chosen)
     return SavedModel(
         model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file, chosen, why
     )
@@ -206,6 +212,7 @@ class QAPredictor:
         decoding_file: Path | None = None,
         precision: str | None = None,
     ) -> None:
+        self._source = (Path(model_dir), decoding_file, device)  # for use_precision's reload
         saved = load_saved_model(Path(model_dir), decoding_file, device=device, precision=precision)
         self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
         self.tokenize, self.decode = saved.tokenize, saved.decode
@@ -215,9 +222,15 @@ class QAPredictor:
         self.stop = threading.Event()
 
     def use_precision(self, requested: str) -> None:
-        """Run from now on at ``requested`` (auto, fp32, bf16, fp16) instead of the recorded one."""
-        self.precision, why = resolve_inference_precision(requested, self.model.device)
-        self.precision_reason = f"{why} (was {self.precision_reason})"
+        """Run from now on at ``requested`` (auto, fp32, bf16, fp16) instead of the recorded one.
+
+        The weights were cast for the recorded precision on load, so another one loads them again.
+        """
+        chosen, why = resolve_inference_precision(requested, self.model.device)
+        if chosen != self.precision:
+            folder, decoding_file, device = self._source
+            self.model = load_saved_model(folder, decoding_file, device, precision=chosen).model
+        self.precision, self.precision_reason = chosen, f"{why} (was {self.precision_reason})"
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
