@@ -215,7 +215,10 @@ def test_a_bad_override_fails_the_run_before_any_stage_with_the_loaders_reason(
     before = (project / "params.yaml").read_bytes()
     for overrides, reason in (
         ({"register.min_f1": "high"}, "override: register.min_f1: expected float, got str 'high'"),
-        ({"train.lr": 0.1}, "override: unknown key train.lr (known: attention_dropout, batch_size, "),
+        (
+            {"train.lr": 0.1},
+            "override: unknown key train.lr (known: attention_dropout, batch_size, ",
+        ),
     ):
         state, run_id = run_flow(project_dir=str(project), overrides=overrides)
         assert state.is_failed() and state.message.startswith(reason), state.message

@@ -38,7 +38,10 @@ def test_valid_overrides_give_the_params_a_run_would_get_and_write_nothing(param
     [
         ({"register.min_f1": "high"}, "override: register.min_f1: expected float, got str 'high'"),
         ({"register.min_f1": 30}, "override: register.min_f1: must be in [0, 1]"),
-        ({"train.lr": 0.1}, "override: unknown key train.lr (known: attention_dropout, batch_size, "),
+        (
+            {"train.lr": 0.1},
+            "override: unknown key train.lr (known: attention_dropout, batch_size, ",
+        ),
         ({"nosuch.key": 1}, "override: unknown key nosuch (known: "),
         ({"train": {"epochs": 1}}, "override train: is a group; override its keys one by one"),
         ({"train.epochs.x": 1}, "override train.epochs.x: epochs is not a group of params"),
