@@ -22,11 +22,14 @@ ENV HF_HUB_OFFLINE=1 \
     PIP_CONSTRAINT=/opt/medqa/torch-constraint.txt
 
 WORKDIR /opt/medqa
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md uv.lock requirements-lock.txt ./
 COPY src ./src
+# The same lock as scripts/setup.sh: every package at its locked version and hash, --no-deps so the
+# image's torch stays (its ROCm extras came with it); then medqa itself, built by the locked setuptools.
 RUN python3 -c "import sys, torch; sys.exit(None if torch.version.hip else 'base image torch is not a ROCm build')" \
     && python3 -c "from importlib.metadata import version; print('torch==' + version('torch'))" > "$PIP_CONSTRAINT" \
-    && python3 -m pip install --no-cache-dir -e ".[dev]" \
+    && python3 -m pip install --no-cache-dir --no-deps --require-hashes -r requirements-lock.txt \
+    && python3 -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \
     && python3 -c "import sys, torch; sys.exit(None if torch.version.hip else 'pip replaced the ROCm torch')" \
     && git config --system --add safe.directory /work
 CMD ["medqa", "doctor"]

@@ -32,6 +32,26 @@ lint: setup
 typecheck: setup
 	mypy
 
+## The locked environment (docs/development.md, "Upgrading the environment"). `make lock` re-resolves
+## every package to today's newest releases that pyproject.toml allows (torch stays at [tool.uv]'s
+## pin) and rewrites uv.lock and requirements-lock.txt: their diff is the upgrade to review.
+## One package only: make lock UPGRADE="--upgrade-package transformers"; none (after adding a
+## dependency to pyproject.toml): make lock UPGRADE=. `make lock-check` fails when pyproject.toml and
+## the lock disagree (CI runs it).
+UPGRADE ?= --upgrade
+LOCK_EXPORT := uv export --quiet --frozen --format requirements-txt --extra dev --no-emit-project \
+	--no-emit-package torch --no-header
+.PHONY: lock lock-check
+lock: setup
+	uv lock $(UPGRADE)
+	$(LOCK_EXPORT) -o requirements-lock.txt
+	bash scripts/setup.sh
+
+lock-check: setup
+	uv lock --check
+	$(LOCK_EXPORT) | diff -u requirements-lock.txt - \
+		|| { echo "requirements-lock.txt is not uv.lock's export: run make lock" >&2; exit 1; }
+
 ## Benchmarks, ours vs plain Hugging Face side by side; writes reports/benchmarks.md.
 ## PRESET=small (default, about 10 minutes on 2 CPU cores) or PRESET=full (the whole data: hours on a CPU).
 PRESET ?= small

@@ -76,12 +76,13 @@ def tiny_raw_dir(tmp_path) -> Path:
 
 
 def make_tiny_project(dest: Path, model_dir: Path, env: dict[str, str] | None = None) -> Path:
-    """A git + DVC project with this repo's dvc.yaml and src/, a few real passages, and a tiny model.
+    """A git + DVC project with this repo's dvc.yaml, lock and src/, a few real passages, and a tiny model.
 
     Shared by the dvc repro integration test and the Prefect flow tests, so both run the same wiring.
     """
     dest.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", dest)
+    for name in ("dvc.yaml", "uv.lock", "requirements-lock.txt"):
+        shutil.copy(ROOT / name, dest)
     shutil.copytree(
         ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )

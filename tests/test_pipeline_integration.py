@@ -1,6 +1,7 @@
 """The real pipeline on a tiny dataset: dvc repro in a fresh git repo, DVC's cache, MLflow's registry,
 and a registry look-up by alias from a new process."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -94,6 +95,30 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     assert "Running stage 'evaluate'" in edited
     for upstream in ("validate", "tokenize", "train"):
         assert f"Running stage '{upstream}'" not in edited
+
+    # the training run and the registered version carry the environment lock's digest
+    lineage = (
+        "from mlflow import MlflowClient; from medqa.tracking import configure_tracking; "
+        "configure_tracking(); c = MlflowClient(); v = c.get_model_version('tiny-qa', '1'); "
+        "r = c.get_run(v.tags['run_id']); "
+        "print('lineage', v.tags['env_lock_sha256'], r.data.tags['env_lock_sha256'])"
+    )
+    digest = hashlib.sha256((proj / "uv.lock").read_bytes()).hexdigest()
+    out = sh([sys.executable, "-c", lineage], proj, env).splitlines()
+    assert next(line for line in out if line.startswith("lineage")).split() == [
+        "lineage",
+        digest,
+        digest,
+    ]
+
+    # a deliberate upgrade (a changed lock) reruns train and what follows it, nothing upstream
+    with open(proj / "uv.lock", "a", encoding="utf-8") as fh:
+        fh.write("\n# an upgrade\n")
+    upgraded = sh([*dvc, "repro"], proj, env)
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in upgraded
+    for upstream in ("validate", "tokenize"):
+        assert f"Running stage '{upstream}'" not in upgraded
 
     shown = sh([*dvc, "metrics", "show", "--json"], proj, env)
     assert "reports/metrics.json" in shown

@@ -96,6 +96,7 @@ def project(tmp_path_factory, tiny_model_dir):
                 mlflow.set_tags(
                     {
                         "git_commit": "abc123",
+                        "env_lock_sha256": "f" * 64,
                         "backend": "cpu",
                         "device_name": "x86_64",
                         "device_arch": "x86_64",
@@ -159,7 +160,7 @@ def champion() -> str:
 def test_versions_carry_lineage_tags(in_project):
     mv = client().get_model_version(NAME, "1")
     run_id = mv.tags["run_id"]
-    assert mv.tags["git_commit"] == "abc123"
+    assert mv.tags["git_commit"] == "abc123" and mv.tags["env_lock_sha256"] == "f" * 64
     assert (
         mv.tags["data_md5_train"] == "d41d8cd98f00b204e9800998ecf8427e"
         and mv.tags["data_md5_dev"] == "0" * 32

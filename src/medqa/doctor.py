@@ -28,6 +28,7 @@ from medqa.device import (
     explain_precision,
     gpu_facts,
 )
+from medqa.envlock import lock_report
 
 # Architectures on AMD's official ROCm (7.x) Linux support list, with example products. Others may
 # still work when the torch wheel carries kernels for them (see torch.cuda.get_arch_list()).
@@ -363,6 +364,8 @@ def diagnose(f: HostFacts) -> list[str]:
 
 
 def doctor_report() -> tuple[list[str], list[str]]:
-    """(facts, warnings) about the torch build, the devices and the ROCm environment."""
+    """(facts, warnings) about the torch build, the devices, the ROCm environment and the installed
+    packages against the project's lock."""
     facts = gather_facts()
-    return describe(facts), diagnose(facts)
+    lock_facts, lock_warnings = lock_report()
+    return describe(facts) + lock_facts, diagnose(facts) + lock_warnings

@@ -242,13 +242,17 @@ def load_qa_model(name: str, attention_dropout: float | None = None) -> PreTrain
     if folder is not None:
         _check_safetensors(folder)
     config = load_model_config(name)
+    # Set on the config itself rather than passed as keyword arguments: from_pretrained's typed
+    # signature has no place for arbitrary config keys, and the config is the documented route.
+    for key, value in attention_dropout_settings(config, attention_dropout).items():
+        setattr(config, key, value)
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
             source,
+            config=config,
             use_safetensors=True,
             trust_remote_code=False,
             attn_implementation=attention_implementation(config),
-            **attention_dropout_settings(config, attention_dropout),
         )
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(f"{name}: cannot load the model ({first_line(e)})") from None

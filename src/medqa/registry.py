@@ -37,6 +37,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from medqa.config import RegisterParams
+from medqa.envlock import lock_digest
 from medqa.errors import ModelError, first_line
 from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_model_config, usable_positions
@@ -366,6 +367,7 @@ def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[s
     )
     return {
         "git_commit": tags.get("git_commit") or git_commit(),
+        "env_lock_sha256": tags.get("env_lock_sha256") or lock_digest(),
         "data_md5_train": tags.get("data_md5_train", "unknown"),
         "data_md5_dev": tags.get("data_md5_dev", "unknown"),
         "params": json.dumps(run.data.params, sort_keys=True, separators=(",", ":")),

@@ -62,6 +62,7 @@ from medqa.device import (
     keep_freed_memory,
     precision_context,
 )
+from medqa.envlock import lock_digest
 from medqa.fileio import atomic_dir, read_jsonl, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.optim import build_optimizer
@@ -398,6 +399,7 @@ def _open_run(
     mlflow.set_tags(
         {
             "git_commit": git_commit(),
+            "env_lock_sha256": lock_digest(),
             "backend": info.backend,
             "device_name": info.name,
             "device_arch": info.arch,
