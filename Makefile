@@ -60,14 +60,14 @@ bench: setup
 	bash benchmarks/setup_venv.sh || echo "bench: .venv-bench could not be created; the inference reference is skipped"
 	python -m benchmarks.run --preset $(PRESET)
 
-## The paper's recipe (batch 32, lr 2e-5 for encoder and QA head, 3 epochs) as a DVC experiment named
-## paper-recipe, run in a temporary copy (the workspace keeps the default) and logged to the project's
-## MLflow store; compare it with the default run in the table `dvc exp show` prints.
-PAPER_RECIPE := -S train.batch_size=32 -S train.learning_rate=2e-5 -S train.head_learning_rate=2e-5 \
-	-S train.epochs=3 -S train.layer_lr_decay=1.0 -S train.attention_dropout=null
+## The paper's recipe (recipes/paper.yaml: batch 32, lr 2e-5 for encoder and QA head, 3 epochs, BERT's
+## attention dropout) as a DVC experiment named paper-recipe, run in a temporary copy (the workspace
+## keeps the default) and logged to the project's MLflow store; compare it with the default run in
+## the table `dvc exp show` prints.
 .PHONY: paper-recipe
 paper-recipe: setup
 	dvc exp remove paper-recipe >/dev/null 2>&1 || true
 	python -c "from medqa.tracking import configure_tracking; configure_tracking()" >/dev/null
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db dvc exp run --temp -n paper-recipe $(PAPER_RECIPE)
+	flags=$$(python -m medqa.overlay recipes/paper.yaml) && \
+		MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db dvc exp run --temp -n paper-recipe $$flags
 	dvc exp show --only-changed --drop 'Created|State|Executor|by_type\..*|has_ans_.*'

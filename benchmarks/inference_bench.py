@@ -40,21 +40,21 @@ def prepare_model(
     import torch
     from transformers import set_seed
 
-    from medqa.device import to_inference_device
+    from medqa.contracts import DECODING_FILE, PRECISIONS
+    from medqa.device import resolve_precision, to_inference_device
     from medqa.errors import ConfigError
     from medqa.fileio import write_json_atomic
     from medqa.modelsource import load_qa_model, load_tokenizer
-    from medqa.predictor import DECODING_FILE, PRECISIONS, resolve_inference_precision
 
     set_seed(0)  # a base model's new QA head is random: fix it
     model = load_qa_model(source)
     model.save_pretrained(dest, safe_serialization=True)
     device: torch.device = to_inference_device(model).device
-    auto, why = resolve_inference_precision("auto", device)
+    auto, why = resolve_precision("auto", device, "precision")
     runnable = [auto]
     for precision in PRECISIONS:
         try:
-            resolve_inference_precision(precision, device)
+            resolve_precision(precision, device, "precision")
         except ConfigError:
             continue  # fp16 on a CPU
         if precision != auto:

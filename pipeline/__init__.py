@@ -6,6 +6,7 @@ run and a `dvc repro` in a terminal share one dvc.lock and one stage cache; Pref
 retries, run history, the UI and a results artifact per run.
 """
 
-from pipeline.flows import StageError, medqa_pipeline, pipeline_stages
+from pipeline.dvc_runner import StageError, pipeline_stages
+from pipeline.flows import medqa_pipeline
 
 __all__ = ["StageError", "medqa_pipeline", "pipeline_stages"]

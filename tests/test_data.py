@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from medqa.config import ValidateParams, parse_params
-from medqa.data import read_qa_records, split_by_context, validate_records
 from medqa.errors import DataError
+from medqa.readers import read_qa_records
+from medqa.records import split_by_context
+from medqa.validate import validate_records
 
 CTX = "Faricimab blocks both VEGF-A and angiopoietin-2."
 CTX2 = "Pegcetacoplan is injected monthly or every other month for geographic atrophy."
@@ -947,7 +949,7 @@ def test_the_next_run_removes_killed_runs_temp_folders_but_not_a_live_ones(tmp_p
 
 
 def test_an_output_moved_aside_by_a_killed_swap_is_put_back_else_removed(tmp_path):
-    from medqa.data import remove_stale_temp_dirs
+    from medqa.outdir import remove_stale_temp_dirs
 
     dead = 2**22 + 1  # above the largest pid Linux allows (PID_MAX_LIMIT): no such process
     old = tmp_path / f".validated.old-{dead}"

@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medqa.config import ValidateParams
-from medqa.data import ValidationSummary, read_qa_records, validate_records
 from medqa.errors import DataError
 from medqa.fileio import read_jsonl
+from medqa.readers import read_qa_records
+from medqa.validate import ValidationSummary, validate_records
 
 pytestmark = pytest.mark.slow  # hypothesis: hundreds of random files
 

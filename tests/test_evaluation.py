@@ -13,14 +13,16 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import tiny_squad_slice
+from medqa.adhoc_eval import default_reports_dir
 from medqa.cli import main
 from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
-from medqa.data import validate_records
-from medqa.evaluation import default_reports_dir, evaluate_checkpoint
+from medqa.device import resolve_precision
+from medqa.evaluation import evaluate_checkpoint
 from medqa.features import tokenize_splits
-from medqa.predictor import resolve_inference_precision
+from medqa.fileio import read_jsonl
 from medqa.registry import register_model
 from medqa.tracking import configure_tracking, file_md5
+from medqa.validate import validate_records
 
 pytestmark = pytest.mark.slow  # tiny models scored through the real stages
 
@@ -103,7 +105,7 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     first = _stage(proj, tiny_model_dir)
     assert not [k for k in first if "champion" in k]  # evaluate reads only what dvc.yaml lists
     # every pass at the precision the model will be served with; decoding.json carries it on
-    auto = resolve_inference_precision("auto", torch.device("cpu"))
+    auto = resolve_precision("auto", torch.device("cpu"), "evaluate.precision")
     assert (first["precision"], first["precision_reason"]) == auto
     decoding = json.loads((proj / "reports" / "decoding.json").read_text())
     assert decoding["precision"] == first["precision"]
@@ -319,7 +321,7 @@ def test_adhoc_evaluate_on_a_data_file_uses_the_recorded_threshold(
         str(out_dir),
     ]
     assert main([*argv, "--precision", "bf16"]) == 0
-    assert "precision bf16 (set explicitly)" in capsys.readouterr().out
+    assert "precision bf16 (set by --precision)" in capsys.readouterr().out
     assert json.loads((out_dir / "metrics.json").read_text())["precision"] == "bf16"
     assert json.loads((out_dir / "decoding.json").read_text())["precision"] == "bf16"
     assert main(["evaluate", "--precision", "fp32"]) == 2  # the stage reads evaluate.precision
@@ -338,14 +340,59 @@ def test_default_reports_folder_names():
     )
 
 
+def _public_set_rows() -> list[dict]:
+    """Three test questions, two with the faults public SQuAD-shaped sets hold and the validate
+    stage repairs: an answer with a trailing space, and an answer_start two characters off."""
+    rows = _flat_rows(3)
+    rows[0]["answer_text"] += " "
+    rows[1]["answer_start"] += 2
+    return rows
+
+
+def test_adhoc_evaluate_repairs_a_data_file_as_the_validate_stage_does(
+    tmp_path, served_model, capsys
+):
+    """One validation policy: a file the validate stage takes whole, repairs and all, is scored
+    (not refused), and the repairs are the stage's own, counted beside the scores."""
+    data = _write_jsonl(tmp_path / "public.jsonl", _public_set_rows())
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(served_model), "--split", str(data), "--reports", str(out)]
+    assert main(argv) == 0
+    assert "scored after 2 repairs" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["repairs"] == 2
+    assert metrics["repairs_by_kind"] == {"strip_answer_whitespace": 1, "shift_answer_start": 1}
+    stage = tmp_path / "stage"
+    validate_records(
+        data, stage / "validated", stage / "rejected.jsonl", stage / "v.json", ValidateParams()
+    )
+    assert read_jsonl(out / "repairs.jsonl") == read_jsonl(stage / "repairs.jsonl")
+
+
+def test_adhoc_evaluate_refuses_the_same_file_when_repair_is_off(tmp_path, served_model, capsys):
+    rows = _public_set_rows()
+    data = _write_jsonl(tmp_path / "public.jsonl", rows)
+    params = tmp_path / "params.yaml"
+    params.write_text("validate:\n  repair: false\n")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(served_model), "--split", str(data), "--reports", str(out)]
+    assert main(["--params", str(params), *argv]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        f"medqa evaluate: error: {data} row 1 id='{rows[0]['id']}': answer_has_edge_whitespace "
+        "(1 more rows fail validation)"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", ["missing_model", "bad_row", "long_question", "no_threshold"])
 def test_adhoc_errors_exit_2_with_one_line(tmp_path, served_model, tiny_model_dir, capsys, case):
     rows = _flat_rows(3)
     model, expected = str(served_model), ""
     if case == "missing_model":
         model, expected = str(tmp_path / "nope"), f"{tmp_path / 'nope'}: no such model folder"
-    elif case == "bad_row":
-        rows[1]["answer_start"] += 1
+    elif case == "bad_row":  # an answer nowhere in its passage: no repair can save it
+        rows[1]["answer_text"] = "brolucizumab"
         expected = (
             f"{tmp_path / 'data.jsonl'} row 2 id='{rows[1]['id']}': answer_span_matches_context"
         )

@@ -243,7 +243,7 @@ def test_a_locked_dvc_repo_is_retried_with_backoff(project, prefect_harness):
 def test_a_second_run_waits_for_the_pipeline_lock_or_gives_up_clearly(project, prefect_harness):
     from dvc.lock import Lock
     from dvc.repo import Repo
-    from pipeline.flows import PIPELINE_LOCK_FILE
+    from pipeline.dvc_runner import PIPELINE_LOCK_FILE
 
     with Repo(str(project)) as repo:
         held = Lock(os.path.join(repo.tmp_dir, PIPELINE_LOCK_FILE))
@@ -335,7 +335,7 @@ def toy(tmp_path: Path, prefect_env: dict[str, str]) -> Path:
 
 
 def test_the_stage_list_names_order_and_outputs_come_from_dvc_yaml(toy):
-    from pipeline.flows import FlowStage, pipeline_stages
+    from pipeline.dvc_runner import FlowStage, pipeline_stages
 
     assert pipeline_stages(toy) == [
         FlowStage("prepare", ("out/a.txt",)),

@@ -64,10 +64,10 @@ def test_a_broken_params_file_is_named_before_the_overrides(params_file):
 def test_every_value_kind_survives_the_trip_through_dvc_exp_run_set_param(tmp_path):
     """What the flow passes to `dvc exp run -S` is read back by DVC as the value that was checked."""
     from dvc.utils.hydra import apply_overrides
-    from pipeline.flows import _dvc_value
+    from pipeline.dvc_experiments import dvc_value
 
     path = tmp_path / "params.yaml"
     values = {"s": "high", "n": "1", "b": True, "i": 3, "f": 2e-05, "l": [1, 2], "z": None}
     path.write_text(json.dumps({"g": dict.fromkeys(values, 0)}), encoding="utf-8")
-    apply_overrides(str(path), [f"g.{k}={_dvc_value(v)}" for k, v in values.items()])
+    apply_overrides(str(path), [f"g.{k}={dvc_value(v)}" for k, v in values.items()])
     assert load_yaml(path.read_text(encoding="utf-8"))["g"] == values

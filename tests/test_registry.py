@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from medqa.registry import current_champion, gate
+from medqa.champion import current_champion, gate
 from medqa.tracking import configure_tracking
 
 pytestmark = pytest.mark.slow  # a real MLflow store and registered tiny models

@@ -20,11 +20,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from medqa.champion import HISTORY_TAG
 from medqa.cli import main
 from medqa.config import RegisterParams
 from medqa.errors import ModelError
 from medqa.predictor import MAX_CONTEXT_CHARS, QAPredictor
-from medqa.registry import HISTORY_TAG, register_model
+from medqa.registry import register_model
 
 pytestmark = pytest.mark.slow  # trains tiny models, a real MLflow store and server
 

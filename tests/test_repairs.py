@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from medqa.config import ValidateParams
-from medqa.data import validate_records
 from medqa.errors import DataError
 from medqa.fileio import read_jsonl
+from medqa.validate import validate_eval_file, validate_records
 
 FIXTURE = (
     Path(__file__).parent / "data" / "amd_repairs"
@@ -123,6 +123,25 @@ def test_repair_false_is_the_strict_validator(tmp_path):
         ("dup-drug-2", ["duplicate_question_on_context"]),
     ]
     assert_accounted(s, report, written, repairs)
+
+
+def test_an_evaluation_file_is_held_to_the_same_policy(tmp_path):
+    """validate_eval_file (``medqa evaluate --split FILE``) repairs a file as the validate stage does
+    (the same repairs, the same rows out); with repair off it refuses it as the checks alone do."""
+    path = FIXTURE / "train.json"
+    data = validate_eval_file(path, ValidateParams())
+    validate(tmp_path, FIXTURE)
+    _, _, repairs, _ = outputs(tmp_path)
+    assert data.repairs == [r for r in repairs if r["source"] == str(path)]
+    assert len(data.repairs) == 8  # the fixture's 10 but dev-off's and test-ws's
+    assert data.rows == read_jsonl(tmp_path / "validated" / "train.jsonl")
+    assert len(data.labels) == len(data.rows)
+    with pytest.raises(
+        DataError,
+        match=r"train\.json data\[0\]\S+ id='ws-vision': answer_has_edge_whitespace, "
+        r"answer_span_matches_context \(4 more rows fail validation\)$",
+    ):
+        validate_eval_file(path, ValidateParams(repair=False))
 
 
 def squad(split, context, qas):

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from medqa.config import RegisterParams
-from medqa.device import precision_context
+from medqa.device import choose_precision, precision_context
 from medqa.errors import ConfigError
-from medqa.predictor import PredictionStopped, QAPredictor, explain_inference_precision
+from medqa.predictor import PredictionStopped, QAPredictor
 from medqa.registry import register_model
 
 pytestmark = pytest.mark.slow  # real servers and tiny registered models
@@ -110,18 +110,18 @@ def client(in_project):
 
 
 def test_auto_precision_follows_the_hardware():
-    assert explain_inference_precision("auto", "cpu", False, ("avx512_bf16",))[0] == "bf16"
-    assert explain_inference_precision("auto", "cpu", False, ("amx_bf16",))[0] == "bf16"
-    precision, why = explain_inference_precision("auto", "cpu", False, ())
+    assert choose_precision("auto", "cpu", False, ("avx512_bf16",))[0] == "bf16"
+    assert choose_precision("auto", "cpu", False, ("amx_bf16",))[0] == "bf16"
+    precision, why = choose_precision("auto", "cpu", False, ())
     assert precision == "fp32" and "no avx512_bf16" in why
-    assert explain_inference_precision("auto", "cuda", True, ())[0] == "bf16"
-    assert explain_inference_precision("auto", "cuda", False, ())[0] == "fp16"
-    assert explain_inference_precision("fp32", "cpu", False, ("avx512_bf16",)) == (
+    assert choose_precision("auto", "cuda", True, ())[0] == "bf16"
+    assert choose_precision("auto", "cuda", False, ())[0] == "fp16"
+    assert choose_precision("fp32", "cpu", False, ("avx512_bf16",), "--precision") == (
         "fp32",
-        "set explicitly",
+        "set by --precision",
     )
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-        explain_inference_precision("fp16", "cpu", False, ("avx512_bf16",))
+        choose_precision("fp16", "cpu", False, ("avx512_bf16",))
 
 
 def test_a_version_records_its_precision_and_is_served_at_it(in_project):

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from medqa.config import ValidateParams
-from medqa.data import validate_records
+from medqa.validate import validate_records
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw" / "amd_qa"

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from medqa.provenance import STAGE_COMMANDS, dvc_dep_paths, module_closure, stage_sources
+from medqa import provenance
+from medqa.provenance import (
+    STAGE_COMMANDS,
+    dvc_dep_paths,
+    module_closure,
+    sources_digest,
+    stage_sources,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +44,7 @@ def test_every_dvc_stage_is_known_to_provenance():
 def test_lazy_and_transitive_imports_count():
     names = {p.name for p in stage_sources("tokenize")}
     # features imports modelsource (which changes every window when the tokenizer loads differently),
-    # the cli imports config lazily inside _params: both must be deps
+    # the cli's helpers import config lazily inside project_params: both must be deps
     assert {
         "modelsource.py",
         "features.py",
@@ -44,6 +52,8 @@ def test_lazy_and_transitive_imports_count():
         "errors.py",
         "fileio.py",
         "cli.py",
+        "cli_common.py",
+        "stage_commands.py",
     } <= names
     assert "training.py" not in names and "registry.py" not in names
     train = {p.name for p in stage_sources("train")}
@@ -58,8 +68,101 @@ def test_lazy_and_transitive_imports_count():
     assert {p.name for p in module_closure({"medqa.errors"})} == {"errors.py"}
 
 
+# modules only the tool commands (predict, models, promote, rollback, serve, doctor) run
+TOOL_ONLY = {"predict_command.py", "tool_commands.py", "doctor.py", "server.py", "qa_model.py"}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_COMMANDS))
+def test_no_tool_only_module_is_a_stage_dep(stage):
+    assert not TOOL_ONLY & {p.name for p in stage_sources(stage)}
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of src/medqa that provenance reads instead, to edit freely."""
+    copy = tmp_path / "medqa"
+    shutil.copytree(provenance.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", copy)
+    yield copy
+    provenance._tree.cache_clear()  # parsed trees of files edited in the copy
+
+
+def deps_and_digests() -> dict[str, tuple[list[str], str]]:
+    provenance._tree.cache_clear()
+    return {
+        stage: ([p.name for p in stage_sources(stage)], sources_digest(stage_sources(stage)))
+        for stage in STAGE_COMMANDS
+    }
+
+
+@pytest.mark.parametrize(
+    "module,help_text,command_import",
+    [
+        ("tool_commands.py", "address to bind", "    from medqa.doctor import doctor_report\n"),
+        (
+            "predict_command.py",
+            "records per model call",
+            "    from medqa.errors import DataError\n",
+        ),
+    ],
+)
+def test_editing_a_tool_module_changes_no_stage(package_copy, module, help_text, command_import):
+    before = deps_and_digests()
+    tools = package_copy / module
+    text = tools.read_text()
+    assert text.count(help_text) == 1 and command_import in text
+    edited = text.replace(help_text, "reworded help").replace(
+        command_import, command_import + "    import medqa.qa_model\n"
+    )
+    tools.write_text(edited + "\n\ndef cmd_extra(args):\n    import medqa.server\n")
+    assert deps_and_digests() == before
+    # what a tool module runs for every command (its module level) does count
+    tools.write_text("import medqa.server\n" + text)
+    assert all("server.py" in names for names, _ in deps_and_digests().values())
+
+
+def test_a_stage_command_counts_for_its_own_stage_only(package_copy):
+    before = deps_and_digests()
+    stages = package_copy / "stage_commands.py"
+    text = stages.read_text()
+    marker = "    from medqa.features import tokenize_splits\n"
+    stages.write_text(text.replace(marker, marker + "    import medqa.doctor\n"))
+    after = deps_and_digests()
+    assert "doctor.py" in after["tokenize"][0]
+    for stage in STAGE_COMMANDS:
+        assert after[stage][1] != before[stage][1]  # the file itself is every stage's dep
+        assert ("doctor.py" in after[stage][0]) == (stage == "tokenize")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate"],
+        ["-q", "--params", "p.yaml", "validate", "--raw", "r", "--out", "v"],
+        ["tokenize", "--validated", "v"],
+        ["train", "--state", "s"],
+        ["evaluate"],
+        ["evaluate", "--model", "models:/m@champion", "--precision", "bf16"],
+        ["register", "--metrics", "m.json"],
+    ],
+)
+def test_stages_parse_the_same_without_the_tool_commands(argv, monkeypatch):
+    """Why provenance may leave the tool modules out: their parsers never touch a stage's arguments."""
+    from medqa import cli, predict_command, tool_commands
+
+    with_tools = vars(cli.build_parser().parse_args(argv))
+    # the one thing the tools add to a stage's arguments: evaluate's ad-hoc mode, which the stage
+    # hands over to without running it (cmd_evaluate)
+    assert with_tools.pop("adhoc", None) is (
+        tool_commands.cmd_evaluate_adhoc if argv[0] == "evaluate" else None
+    )
+    for tools in (predict_command, tool_commands):
+        monkeypatch.setattr(tools, "add_parsers", lambda sub: None)
+    assert vars(cli.build_parser().parse_args(argv)) == with_tools
+
+
 def test_a_module_edit_changes_the_train_fingerprint(monkeypatch, tmp_path):
-    import medqa.training as t
+    import medqa.train_state as t
     from medqa.config import Params
     from medqa.device import DeviceInfo
 
@@ -87,3 +190,13 @@ def test_reports_never_hold_nan(tmp_path):
     assert json.loads(text) == {"f1": None, "ci": [None, 0.5], "n": 0}
     write_jsonl_atomic(tmp_path / "p.jsonl", [{"score": -math.inf}])
     assert json.loads((tmp_path / "p.jsonl").read_text()) == {"score": None}
+
+
+def test_the_validate_stages_data_modules_are_deps_of_validate_only():
+    """Editing a reader, a check or a repair rule reruns validate (and what its outputs feed), not
+    the other stages' code deps; ad-hoc evaluation, which uses them too, is a tool."""
+    data_modules = {"readers.py", "checks.py", "repairs.py", "validate.py", "adhoc_eval.py"}
+    for stage in STAGE_COMMANDS:
+        names = {p.name for p in stage_sources(stage)}
+        expected = data_modules - {"adhoc_eval.py"} if stage == "validate" else set()
+        assert names & data_modules == expected, stage

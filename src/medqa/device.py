@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from transformers import PreTrainedModel
 
+from medqa.contracts import PRECISION_CHOICES
 from medqa.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
@@ -126,27 +127,55 @@ def _missing_device_hint(requested: str) -> str:
     return "no GPU visible to this build: check the driver and *_VISIBLE_DEVICES"
 
 
+def choose_precision(
+    requested: str,
+    device_type: str,
+    gpu_bf16: bool,
+    cpu_features: Sequence[str],
+    setting: str = "precision",
+) -> tuple[str, str]:
+    """(precision, why) of ``requested`` on a device of this kind: the one policy that training
+    (train.precision) and inference (evaluate.precision, --precision) both ask.
+
+    auto: bf16 where the hardware multiplies bf16 natively, which keeps fp32's range (no loss
+    scaling): a CPU with avx512_bf16 or AMX (a plain training step ran ~1.9x faster on an idle 2-core
+    EPYC, issue 20; the shipped checkpoint scored test F1 0.4609 against fp32's 0.4593 at 1.5-1.8x
+    the windows/s), a GPU with bf16. fp16 (with dynamic loss scaling when training) on other GPUs.
+    fp32 on other CPUs, where oneDNN would emulate bf16 and be slower. fp16 is refused on a CPU:
+    bf16 is its half precision. ``setting`` names the key or option in the messages.
+    """
+    if requested not in PRECISION_CHOICES:
+        raise ConfigError(f"{setting} {requested!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if requested == "fp16" and device_type == "cpu":
+        raise ConfigError(f"{setting} fp16 needs a GPU; on a CPU use bf16 or fp32")
+    if requested != "auto":
+        return requested, f"set by {setting}"
+    if device_type == "cpu":
+        if cpu_features:
+            return "bf16", f"CPU with native bf16 ({', '.join(cpu_features)}): bf16 autocast"
+        return "fp32", "CPU without native bf16 (no avx512_bf16/amx_bf16): bf16 would be emulated"
+    if gpu_bf16:
+        return "bf16", f"{device_type} device with native bf16: bf16 autocast"
+    return "fp16", f"{device_type} device without native bf16: fp16 autocast"
+
+
 def explain_precision(
     requested: str, info: DeviceInfo, cpu_features: Sequence[str] | None = None
 ) -> tuple[str, str]:
-    """(precision, why) for train.precision on this device, so training can log the reason.
+    """``choose_precision`` for train.precision on the training device; ``cpu_features`` are read
+    from this machine when not given (doctor passes another machine's)."""
+    features = cpu_bf16_features() if cpu_features is None else tuple(cpu_features)
+    cpu = info.backend == "cpu"
+    return choose_precision(
+        requested, info.device, info.bf16, features if cpu else (), "train.precision"
+    )
 
-    auto: bf16 where the device has native bf16 (fp32's range, so no loss scaling), fp16 with
-    dynamic loss scaling on other GPUs. On a CPU, bf16 autocast only where its matrix units take
-    bf16 directly (``cpu_features``, read from this machine when not given): a plain training step
-    ran ~1.9x faster there on an idle 2-core EPYC (issue 20); without them oneDNN emulates bf16 and
-    fp32 is faster.
-    """
-    if requested != "auto":
-        return requested, "set by train.precision"
-    if info.backend == "cpu":
-        features = cpu_bf16_features() if cpu_features is None else tuple(cpu_features)
-        if features:
-            return "bf16", f"CPU with native bf16 ({', '.join(features)}): bf16 autocast"
-        return "fp32", "CPU without native bf16 (no avx512_bf16/amx_bf16): bf16 would be emulated"
-    if info.bf16:
-        return "bf16", f"{info.arch} has native bf16 (fp32's range: no loss scaling needed)"
-    return "fp16", f"{info.arch} has no fast native bf16: fp16 with dynamic loss scaling"
+
+def resolve_precision(requested: str, device: torch.device, setting: str) -> tuple[str, str]:
+    """``choose_precision`` with this machine's facts for ``device`` (inference)."""
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    features = cpu_bf16_features() if device.type == "cpu" else ()
+    return choose_precision(requested, device.type, gpu_bf16, features, setting)
 
 
 def to_inference_device(model: ModelT, requested: str = "auto") -> ModelT:

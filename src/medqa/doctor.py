@@ -283,8 +283,8 @@ def _visible_device_warnings(f: HostFacts) -> list[str]:
     return warnings
 
 
-def diagnose(f: HostFacts) -> list[str]:
-    """Warnings, each with its fix, for the usual ways a GPU setup goes wrong."""
+def _build_warnings(f: HostFacts) -> list[str]:
+    """A torch build that does not match the machine's GPU, or a GPU torch cannot open."""
     warnings: list[str] = []
     amd_present = f.kfd_exists or bool(f.rocm_tools)
     reinstall = ".venv/bin/pip uninstall -y torch && .venv/bin/pip install torch --index-url"
@@ -325,7 +325,12 @@ def diagnose(f: HostFacts) -> list[str]:
                 "ROCR_VISIBLE_DEVICES, and that the ROCm driver is recent enough for "
                 f"torch's HIP {f.hip_version}"
             )
-    warnings += _visible_device_warnings(f)
+    return warnings
+
+
+def _arch_warnings(f: HostFacts) -> list[str]:
+    """HSA_OVERRIDE_GFX_VERSION misuse, and AMD GPUs this torch has no kernels for."""
+    warnings: list[str] = []
 
     override = f.env.get("HSA_OVERRIDE_GFX_VERSION")
     if override is not None and not re.fullmatch(r"\d+\.\d+\.\d+", override.strip()):
@@ -361,6 +366,11 @@ def diagnose(f: HostFacts) -> list[str]:
             msg += "; use a GPU on AMD's supported list (medqa README) or train on CPU"
         warnings.append(msg)
     return warnings
+
+
+def diagnose(f: HostFacts) -> list[str]:
+    """Warnings, each with its fix, for the usual ways a GPU setup goes wrong."""
+    return _build_warnings(f) + _visible_device_warnings(f) + _arch_warnings(f)
 
 
 def doctor_report() -> tuple[list[str], list[str]]:

@@ -8,20 +8,15 @@ Baselines: a lexical window matcher and the untrained base model are the floor t
 (``best_baseline``, ``lead_over_best_baseline``). The stage reads nothing but its dvc.yaml deps: the
 registry's ``@champion`` is compared with the candidate by the register stage, on the same rows.
 
-``evaluate_model`` is the ad-hoc mode (``medqa evaluate --model ... --split ...``): any saved or
-registered model on a validated split or a user's data file, with the model's recorded threshold.
+Any other model on any data (``medqa evaluate --model ... --split ...``) is ``medqa.adhoc_eval``;
+what both modes write is ``medqa.evalreports``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import statistics
-import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,90 +25,31 @@ from mlflow.entities import Metric, RunTag
 from transformers import PreTrainedModel
 
 from medqa.baselines import lexical_answer
-from medqa.config import DecodeParams, EvaluateParams, ValidateParams
-from medqa.decoding import SpanDecision, predict_logits, tune_null_threshold
-from medqa.device import cast_for_autocast, precision_context, to_inference_device
-from medqa.errors import DataError
-from medqa.fileio import (
-    read_jsonl,
-    strict_json,
-    write_json_atomic,
-    write_jsonl_atomic,
-    write_text_atomic,
+from medqa.config import DecodeParams, EvaluateParams
+from medqa.contracts import INFERENCE_CONFIG, METRICS_REPORT, TRAIN_CURVE, DecodingSettings
+from medqa.decoding import SpanDecision, tune_null_threshold
+from medqa.device import (
+    cast_for_autocast,
+    precision_context,
+    resolve_precision,
+    to_inference_device,
 )
-from medqa.metrics import score_question
+from medqa.evalreports import measure_speed, prediction_records, write_reports
+from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
-from medqa.predictor import (
-    load_saved_model,
-    resolve_inference_precision,
-    score_saved_model,
-)
-from medqa.scoring import f1_of, gold_texts, span_decisions, span_decisions_timed, summarize
+from medqa.scoring import f1_of, gold_texts, span_decisions_timed, summarize
 from medqa.tracking import configure_tracking, file_md5
 
 
-def measure_speed(
-    model: PreTrainedModel,
-    features: Sequence[dict[str, Any]],
-    batch_size: int,
-    pad_id: int,
-    batched_seconds: float,
-    n_single: int = 30,
-) -> dict[str, float]:
-    """Batched questions/s and p50/p95 latency of one question (all of its windows) at a time.
+@dataclass(frozen=True)
+class _Passes:
+    """What the stage's passes over dev and test decided, all at the precision it is served at."""
 
-    ``batched_seconds`` is the timed forward over all of ``features`` in batches of ``batch_size``
-    (``span_decisions_timed`` on the test split), so throughput costs no extra pass; only the first
-    ``n_single`` questions are run again, one at a time, for latency.
-    """
-    if not features:
-        return {}
-    by_example: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for f in features:
-        by_example[int(f["example_index"])].append(f)
-    qps = len(by_example) / batched_seconds
-    singles = []
-    for ex in list(by_example.values())[:n_single]:
-        t0 = time.perf_counter()
-        predict_logits(model, ex, batch_size, pad_id)
-        singles.append((time.perf_counter() - t0) * 1000)
-    q = statistics.quantiles(singles, n=20) if len(singles) > 1 else singles * 19
-    return {
-        "questions_per_s": qps,
-        "batched_pass_s": batched_seconds,
-        "latency_p50_ms": statistics.median(singles),
-        "latency_p95_ms": q[18],
-    }
-
-
-def error_report(
-    records: Sequence[dict[str, Any]],
-    by_type: dict[str, dict[str, float]],
-    per_type: int = 3,
-    split: str = "test split",
-) -> str:
-    """Markdown: F1 per question type, worst first, with that type's lowest-scoring questions."""
-    lines = [
-        f"# Error report ({split})",
-        "",
-        "| question type | n | EM | F1 |",
-        "|---|---|---|---|",
-    ]
-    worst_types = sorted(by_type.items(), key=lambda kv: kv[1]["f1"])
-    lines += [f"| {t} | {v['n']} | {v['exact']:.3f} | {v['f1']:.3f} |" for t, v in worst_types]
-    for t, _ in worst_types:
-        rows = sorted(
-            (r for r in records if (r.get("question_type") or "unlabelled") == t),
-            key=lambda r: r["f1"],
-        )
-        lines += ["", f"## {t}", ""]
-        for r in rows[:per_type]:
-            gold = " | ".join(r["gold_answers"]) or "(no answer)"
-            predicted = r["prediction"] or "(abstained)"
-            lines.append(
-                f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {predicted}"
-            )
-    return "\n".join(lines) + "\n"
+    threshold: float  # tuned on dev
+    dev_scores: dict[str, Any]  # dev EM/F1 at that threshold (empty without dev rows)
+    test: list[SpanDecision]
+    untrained: list[SpanDecision]  # the base model, its QA head untrained, on test
+    speed: dict[str, float]
 
 
 def _load_split(
@@ -126,6 +62,21 @@ def _load_split(
     return (load_from_disk(str(path)).to_list() if rows and path.exists() else []), rows
 
 
+def _load_checkpoint(
+    model_dir: Path, params: EvaluateParams
+) -> tuple[PreTrainedModel, int, str, str]:
+    """The checkpoint on the inference device, its pad id, and the precision (and why) at which it
+    will be served; the weights are cast for it."""
+    tokenizer = load_tokenizer(str(model_dir))
+    model = to_inference_device(load_qa_model(str(model_dir)))
+    # every pass at the precision the model will be served with, so test F1 is the served F1
+    precision, precision_reason = resolve_precision(
+        params.precision, model.device, "evaluate.precision"
+    )
+    cast_for_autocast(model, precision)  # as load_saved_model serves it: the same arithmetic
+    return model, pad_id(tokenizer), precision, precision_reason
+
+
 def _tuned_predictions(
     model: PreTrainedModel,
     dev: tuple,
@@ -136,7 +87,7 @@ def _tuned_predictions(
 ) -> tuple[float, list[SpanDecision], float, dict[str, Any]]:
     """Threshold tuned on dev, the test decisions it will be applied to, the test pass's seconds,
     and dev EM/F1 at that threshold (the figure a recipe study selects on)."""
-    dev_dec = span_decisions(model, dev[0], dev[1], decode, batch_size, pad_id)
+    dev_dec, _ = span_decisions_timed(model, dev[0], dev[1], decode, batch_size, pad_id)
     thr, _ = (
         tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of)
         if dev_dec
@@ -150,44 +101,57 @@ def _tuned_predictions(
     )
 
 
-def _prediction_records(
-    rows: Sequence[dict[str, Any]], preds: Sequence[str], decisions: Sequence[SpanDecision]
-) -> list[dict[str, Any]]:
-    """One predictions.jsonl line per question: the prediction, its score and margin, EM and F1."""
-    return [
-        {
-            "id": r["id"],
-            "question": r["question"],
-            "question_type": r.get("question_type"),
-            "gold_answers": gold_texts(r),
-            "prediction": p,
-            "score": d.answer_prob if p else 1 - d.answer_prob,
-            "margin": d.margin,
-            **dict(zip(("exact", "f1"), score_question(p, gold_texts(r)))),
-        }
-        for r, p, d in zip(rows, preds, decisions)
-    ]
+def _run_passes(
+    model: PreTrainedModel,
+    base_model: str,
+    dev: tuple,
+    test: tuple,
+    params: EvaluateParams,
+    pad: int,
+    precision: str,
+) -> _Passes:
+    """The model on dev (to tune the threshold) and test (timed, for speed too), and the untrained
+    base model on test (the floor)."""
+    from transformers import set_seed
+
+    with precision_context(model, precision):
+        thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
+            model, dev, test, params.decode, params.batch_size, pad
+        )
+        speed = measure_speed(model, test[0], params.batch_size, pad, test_seconds)
+        set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
+        base_dec, _ = span_decisions_timed(
+            to_inference_device(load_qa_model(base_model)),
+            test[0],
+            test[1],
+            params.decode,
+            params.batch_size,
+            pad,
+        )
+    return _Passes(thr, dev_scores, test_dec, base_dec, speed)
 
 
-def _write_reports(
-    reports_dir: Path,
-    report: dict[str, Any],
-    decoding: dict[str, Any],
-    records: list[dict[str, Any]],
-    split: str,
-) -> None:
-    write_jsonl_atomic(reports_dir / "predictions.jsonl", records)
-    write_text_atomic(
-        reports_dir / "errors.md", error_report(records, report.get("by_type", {}), split=split)
+def _baseline_f1(
+    test_rows: list[dict[str, Any]], untrained: list[SpanDecision]
+) -> dict[str, float]:
+    """F1 of the floors on the same split in the same run: the lexical window matcher and the
+    untrained base model."""
+    lexical = summarize([lexical_answer(r["question"], r["context"]) for r in test_rows], test_rows)
+    # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
+    # bound (and one dev pass is saved).
+    base_thr, _ = (
+        tune_null_threshold(untrained, [gold_texts(r) for r in test_rows], f1_of)
+        if untrained
+        else (0.0, 0.0)
     )
-    write_json_atomic(reports_dir / "decoding.json", decoding)
-    write_json_atomic(reports_dir / "metrics.json", report)
+    base = summarize([d.answer(base_thr) for d in untrained], test_rows)
+    return {"lexical_window": lexical["f1"], "base_model_untrained": base["f1"]}
 
 
 def completed_curve(model_dir: Path, dev_scores: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The training curve saved with the model, its last epoch's dev EM/F1 filled in from this
     stage's dev pass (training leaves that point to evaluate: the same model on the same split)."""
-    path = Path(model_dir) / "train_curve.json"
+    path = Path(model_dir) / TRAIN_CURVE
     if not path.exists():
         return None
     curve = json.loads(path.read_text())
@@ -205,104 +169,81 @@ def evaluate_checkpoint(
     params: EvaluateParams,
 ) -> dict[str, Any]:
     """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding."""
-    from transformers import set_seed
-
     from medqa.device import keep_freed_memory
 
     keep_freed_memory()
     model_dir, reports_dir = Path(model_dir), Path(reports_dir)
-    config = json.loads((model_dir / "medqa.json").read_text())
-    tokenizer = load_tokenizer(str(model_dir))
-    pad = pad_id(tokenizer)
-    model = to_inference_device(load_qa_model(str(model_dir)))
-    # every pass at the precision the model will be served with, so test F1 is the served F1
-    precision, precision_reason = resolve_inference_precision(params.precision, model.device)
-    cast_for_autocast(model, precision)  # as load_saved_model serves it: the same arithmetic
+    config = json.loads((model_dir / INFERENCE_CONFIG).read_text())
+    model, pad, precision, precision_reason = _load_checkpoint(model_dir, params)
     dev, test = (
         _load_split(features_dir, validated_dir, "dev"),
         _load_split(features_dir, validated_dir, "test"),
     )
+    passes = _run_passes(model, base_model, dev, test, params, pad, precision)
     test_rows = test[1]
-    with precision_context(model, precision):
-        thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
-            model, dev, test, params.decode, params.batch_size, pad
-        )
-        speed = measure_speed(model, test[0], params.batch_size, pad, test_seconds)
-        set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
-        base_dec = span_decisions(
-            to_inference_device(load_qa_model(base_model)),
-            test[0],
-            test_rows,
-            params.decode,
-            params.batch_size,
-            pad,
-        )
-    preds = [d.answer(thr) for d in test_dec]
+    preds = [d.answer(passes.threshold) for d in passes.test]
     metrics = summarize(preds, test_rows, params.bootstrap_samples)
-
-    # Baselines on the same split in the same run.
-    lexical = summarize([lexical_answer(r["question"], r["context"]) for r in test_rows], test_rows)
-    # The floor's threshold is tuned on test itself: its best case, so the lead over it is a lower
-    # bound (and one dev pass is saved).
-    base_thr, _ = (
-        tune_null_threshold(base_dec, [gold_texts(r) for r in test_rows], f1_of)
-        if base_dec
-        else (0.0, 0.0)
-    )
-    untrained = summarize([d.answer(base_thr) for d in base_dec], test_rows)
-    baselines = {"lexical_window": lexical["f1"], "base_model_untrained": untrained["f1"]}
+    baselines = _baseline_f1(test_rows, passes.untrained)
     best_name = max(baselines, key=lambda k: baselines[k])
-
     report = {
         "split": "test",
         **metrics,
-        "dev_f1": dev_scores.get("f1"),
-        "dev_exact": dev_scores.get("exact"),
-        "null_threshold": thr,
+        "dev_f1": passes.dev_scores.get("f1"),
+        "dev_exact": passes.dev_scores.get("exact"),
+        "null_threshold": passes.threshold,
         "baselines_f1": baselines,
         "best_baseline": best_name,
         "lead_over_best_baseline": metrics["f1"] - baselines[best_name],
         "test_md5": file_md5(Path(validated_dir) / "test.jsonl"),
-        "speed": speed,
+        "speed": passes.speed,
         "speed_device": str(model.device),
         "backend": config.get("backend"),
         "precision": precision,
         "precision_reason": precision_reason,
     }
-    decoding = {
-        "n_best": params.decode.n_best,
-        "max_answer_length": params.decode.max_answer_length,
-        "null_threshold": thr,
-        "max_seq_length": config["max_seq_length"],
-        "doc_stride": config["doc_stride"],
-        "precision": precision,
-    }
-    _write_reports(
-        reports_dir, report, decoding, _prediction_records(test_rows, preds, test_dec), "test split"
+    decoding = DecodingSettings(
+        n_best=params.decode.n_best,
+        max_answer_length=params.decode.max_answer_length,
+        null_threshold=passes.threshold,
+        max_seq_length=config["max_seq_length"],
+        doc_stride=config["doc_stride"],
+        precision=precision,
     )
-    curve = completed_curve(model_dir, dev_scores)
+    records = prediction_records(test_rows, preds, passes.test)
+    write_reports(reports_dir, report, decoding, records, "test split")
+    curve = completed_curve(model_dir, passes.dev_scores)
     if curve is not None:
-        write_json_atomic(reports_dir / "train_curve.json", curve)
+        write_json_atomic(reports_dir / TRAIN_CURVE, curve)
     if config.get("run_id"):
-        scores = (
-            {
-                "test_f1": metrics["f1"],
-                "test_em": metrics["exact"],
-                "test_has_ans_f1": metrics["has_ans_f1"],
-                "test_no_ans_f1": metrics["no_ans_f1"],
-                "null_threshold": thr,
-                "lead_over_best_baseline": report["lead_over_best_baseline"],
-            }
-            | {f"baseline_f1_{k}": v for k, v in baselines.items()}
-            | dict(speed)
-        )
-        last_dev = (
-            ({"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]}, curve[-1]["epoch"])
-            if curve and dev_scores
-            else None
-        )
-        _log_to_training_run(config["run_id"], scores, last_dev, precision, report)
+        _log_scores(config["run_id"], report, passes.dev_scores, curve)
     return report
+
+
+def _log_scores(
+    run_id: str,
+    report: dict[str, Any],
+    dev_scores: dict[str, Any],
+    curve: list[dict[str, Any]] | None,
+) -> None:
+    """The stage's figures as the training run's metrics, the last epoch's dev point at its epoch."""
+    scores = (
+        {
+            "test_f1": report["f1"],
+            "test_em": report["exact"],
+            "test_has_ans_f1": report["has_ans_f1"],
+            "test_no_ans_f1": report["no_ans_f1"],
+            "null_threshold": report["null_threshold"],
+            "lead_over_best_baseline": report["lead_over_best_baseline"],
+        }
+        | {f"baseline_f1_{k}": v for k, v in report["baselines_f1"].items()}
+        | dict(report["speed"])
+    )
+    last_dev = (
+        ({"dev_f1": dev_scores["f1"], "dev_em": dev_scores["exact"]}, curve[-1]["epoch"])
+        if curve and dev_scores
+        else None
+    )
+    _log_to_training_run(run_id, scores, last_dev, report["precision"], report)
 
 
 def _log_to_training_run(
@@ -322,117 +263,4 @@ def _log_to_training_run(
         metrics += [Metric(k, v, now, dev[1]) for k, v in dev[0].items() if v is not None]
     client = mlflow.MlflowClient()
     client.log_batch(run_id, metrics=metrics, tags=[RunTag("inference_precision", precision)])
-    client.log_dict(run_id, strict_json(report), "evaluation/metrics.json")
-
-
-def load_eval_rows(
-    split: str, validated_dir: Path, params: ValidateParams
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows and row labels of a validated split (train, dev or test) or of a data file to validate."""
-    from medqa.data import SPLITS, validate_eval_file
-
-    if split not in SPLITS:
-        return validate_eval_file(Path(split), params)
-    path = Path(validated_dir) / f"{split}.jsonl"
-    if not path.exists():
-        raise DataError(f"{path}: missing; run the validate stage first (dvc repro validate)")
-    rows = read_jsonl(path)
-    if not rows:
-        raise DataError(f"{path}: no rows to evaluate")
-    return rows, [f"{path} line {i + 1}" for i in range(len(rows))]
-
-
-def _split_label(split: str) -> str:
-    """How reports name what was evaluated: "test split", or the data file's path."""
-    from medqa.data import SPLITS
-
-    return f"{split} split" if split in SPLITS else split
-
-
-def default_reports_dir(model: str, split: str, now: datetime | None = None) -> Path:
-    """reports/eval-<model>-<split>-<YYYYmmdd-HHMMSS>: a new folder per ad-hoc run, beside (never
-    over) the evaluate stage's DVC-tracked reports/metrics.json."""
-    if model.startswith("models:/"):
-        name = model.removeprefix("models:/").replace("@", "-")
-        name = re.sub(r"/(\d+)$", r"-v\1", name)
-    else:
-        name = Path(model).resolve().name
-    split_name = Path(split).stem
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}-{split_name}").strip("-")
-    return Path("reports") / f"eval-{slug}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
-
-
-def evaluate_model(
-    model: str,
-    split: str,
-    validated_dir: Path,
-    reports_dir: Path,
-    validate: ValidateParams,
-    params: EvaluateParams,
-    decoding_file: Path | None = None,
-    precision: str | None = None,
-) -> dict[str, Any]:
-    """Score a saved model folder or a registered model (models:/name@alias, models:/name/version) on
-    a validated split or a user's data file, as the model is served: its own tokenizer, windows,
-    decoding and recorded abstention threshold (nothing is re-tuned, so dev is fair game too).
-
-    Writes metrics.json, predictions.jsonl, errors.md and decoding.json (the settings used) to
-    ``reports_dir``, with the lexical baseline beside the model; nothing is logged to MLflow.
-    """
-    rows, labels = load_eval_rows(
-        split, validated_dir, validate
-    )  # bad data fails before any download
-    name = version = None
-    with tempfile.TemporaryDirectory(prefix="medqa-eval-") as tmp:
-        if model.startswith("models:/"):
-            from medqa.registry import fetch_registered_model
-
-            configure_tracking()
-            folder, name, version = fetch_registered_model(model, Path(tmp))
-        else:
-            folder = Path(model)
-        saved = load_saved_model(folder, decoding_file, precision=precision)
-        threshold_from = (
-            f"models:/{name}/{version} (its decoding.json)"
-            if version and not decoding_file
-            else str(saved.settings_file)
-        )
-        decisions, features, seconds = score_saved_model(saved, rows, labels, params.batch_size)
-        with precision_context(saved.model, saved.precision):
-            speed = measure_speed(
-                saved.model, features, params.batch_size, pad_id(saved.tokenizer), seconds
-            )
-    preds = [d.answer(saved.threshold) for d in decisions]
-    metrics = summarize(preds, rows, params.bootstrap_samples)
-    lexical = summarize([lexical_answer(r["question"], r["context"]) for r in rows], rows)
-    report = {
-        "split": split,
-        "model": model,
-        "model_version": version,
-        **metrics,
-        "null_threshold": saved.threshold,
-        "threshold_from": threshold_from,
-        "baselines_f1": {"lexical_window": lexical["f1"]},
-        "best_baseline": "lexical_window",
-        "lead_over_best_baseline": metrics["f1"] - lexical["f1"],
-        "speed": speed,
-        "speed_device": str(saved.model.device),
-        "precision": saved.precision,
-        "precision_reason": saved.precision_reason,
-    }
-    decoding = {
-        "n_best": saved.decode.n_best,
-        "max_answer_length": saved.decode.max_answer_length,
-        "null_threshold": saved.threshold,
-        "max_seq_length": saved.tokenize.max_seq_length,
-        "doc_stride": saved.tokenize.doc_stride,
-        "precision": saved.precision,
-    }
-    _write_reports(
-        Path(reports_dir),
-        report,
-        decoding,
-        _prediction_records(rows, preds, decisions),
-        _split_label(split),
-    )
-    return report
+    client.log_dict(run_id, strict_json(report), f"evaluation/{METRICS_REPORT}")

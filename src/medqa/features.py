@@ -15,10 +15,11 @@ from typing import Any
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 from medqa.config import TokenizeParams
-from medqa.data import SPLITS, QuestionLimit, stage_output_dir
 from medqa.errors import ConfigError, DataError, first_line
 from medqa.fileio import read_jsonl, write_json_atomic
 from medqa.modelsource import load_model_config, load_tokenizer, usable_positions
+from medqa.outdir import stage_output_dir
+from medqa.records import SPLITS, QuestionLimit
 
 NO_OFFSET = (-1, -1)  # marks question, special and padding tokens: never part of an answer
 SUBSET_SEED = 0  # fixed: the same questions every time, so learning-curve points are comparable

@@ -19,56 +19,18 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.config import DecodeParams, TokenizeParams
+from medqa.contracts import DECODING_FILE, DecodingSettings
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
 from medqa.device import (
     cast_for_autocast,
-    cpu_bf16_features,
     precision_context,
+    resolve_precision,
     to_inference_device,
 )
-from medqa.errors import ConfigError, DataError, ModelError
+from medqa.errors import DataError, ModelError
 from medqa.features import build_eval_features, check_window_fits, max_question_tokens
 from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
 from medqa.scoring import span_decisions_timed
-
-DECODING_FILE = "decoding.json"
-# What a model's arithmetic runs in. The evaluate stage records the one it measured test F1 at in
-# decoding.json ("precision"), so the registered model is served as it was scored; a model folder
-# without one was scored in fp32.
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def explain_inference_precision(
-    requested: str, device_type: str, gpu_bf16: bool, cpu_features: Sequence[str]
-) -> tuple[str, str]:
-    """(precision, why) of evaluate.precision / --precision ``requested`` on a device of this kind.
-
-    auto: bf16 autocast where the hardware multiplies bf16 natively: a CPU with avx512_bf16 or AMX
-    (the shipped checkpoint on a 2-core AMD EPYC with avx512_bf16: test F1 0.4609 against fp32's
-    0.4593, 1.5-1.8x the windows/s; docs/benchmarks.md), a GPU with bf16; fp16 on other GPUs; fp32
-    elsewhere, where oneDNN would emulate bf16. fp16 is refused on a CPU: bf16 is its half precision.
-    """
-    if requested not in ("auto", *PRECISIONS):
-        raise ConfigError(f"precision {requested!r} is not one of auto, {', '.join(PRECISIONS)}")
-    if requested == "fp16" and device_type == "cpu":
-        raise ConfigError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
-    if requested != "auto":
-        return requested, "set explicitly"
-    if device_type == "cpu":
-        if cpu_features:
-            return "bf16", f"CPU has native bf16 ({', '.join(cpu_features)}): bf16 autocast"
-        return "fp32", "CPU without native bf16 (no avx512_bf16 or amx_bf16): fp32"
-    if gpu_bf16:
-        return "bf16", f"{device_type} GPU with native bf16: bf16 autocast"
-    return "fp16", f"{device_type} GPU without native bf16: fp16 autocast"
-
-
-def resolve_inference_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """``explain_inference_precision`` with this machine's facts for ``device``."""
-    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    features = cpu_bf16_features() if device.type == "cpu" else ()
-    return explain_inference_precision(requested, device.type, gpu_bf16, features)
-
 
 # Longest context accepted, in characters: the validate stage's default max_context_chars. Longer
 # texts are split into sliding windows like any other, but one request must stay bounded in time.
@@ -90,19 +52,15 @@ class SavedModel:
 
 
 def _served_precision(
-    requested: str | None, recorded: Any, settings_file: Path, device: torch.device
+    requested: str | None, recorded: str | None, settings_file: Path, device: torch.device
 ) -> tuple[str, str]:
     """(precision, why): ``requested`` when given, else the one the model was scored at."""
     if requested is not None:
-        return resolve_inference_precision(requested, device)
+        return resolve_precision(requested, device, "--precision")
     if recorded is None:
         return "fp32", f"none recorded in {settings_file}: scored in fp32"
-    if recorded not in PRECISIONS:
-        raise ModelError(
-            f"{settings_file}: precision {recorded!r} is not one of {', '.join(PRECISIONS)}"
-        )
     if recorded == "fp16" and device.type == "cpu":
-        precision, why = resolve_inference_precision("auto", device)
+        precision, why = resolve_precision("auto", device, "--precision")
         return precision, f"scored in fp16 on a GPU, which a CPU cannot run; auto: {why}"
     return recorded, f"the precision its test F1 was measured at ({settings_file})"
 
@@ -133,17 +91,15 @@ def load_saved_model(
             "is in reports/decoding.json after the evaluate stage; pass it with --decoding)"
         )
     try:
-        settings = json.loads(settings_file.read_text(encoding="utf-8"))
-        tokenize = TokenizeParams(int(settings["max_seq_length"]), int(settings["doc_stride"]))
-        decode = DecodeParams(int(settings["n_best"]), int(settings["max_answer_length"]))
-        threshold = float(settings["null_threshold"])
-        recorded = settings.get("precision")
+        settings = DecodingSettings.from_json(json.loads(settings_file.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(
             f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})"
         ) from None
     except KeyError as e:
         raise ModelError(f"{settings_file}: missing key {e.args[0]!r}") from None
+    tokenize = TokenizeParams(settings.max_seq_length, settings.doc_stride)
+    decode = DecodeParams(settings.n_best, settings.max_answer_length)
     # refused here, not by an index error on the first context long enough to fill a window
     check_window_fits(
         load_model_config(str(folder)),
@@ -152,10 +108,17 @@ def load_saved_model(
         setting=f"{settings_file}: max_seq_length",
     )
     model = to_inference_device(load_qa_model(str(folder)), device)
-    chosen, why = _served_precision(precision, recorded, settings_file, model.device)
+    chosen, why = _served_precision(precision, settings.precision, settings_file, model.device)
     cast_for_autocast(model, chosen)
     return SavedModel(
-        model, load_tokenizer(str(folder)), tokenize, decode, threshold, settings_file, chosen, why
+        model,
+        load_tokenizer(str(folder)),
+        tokenize,
+        decode,
+        settings.null_threshold,
+        settings_file,
+        chosen,
+        why,
     )
 
 
@@ -226,7 +189,7 @@ class QAPredictor:
 
         The weights were cast for the recorded precision on load, so another one loads them again.
         """
-        chosen, why = resolve_inference_precision(requested, self.model.device)
+        chosen, why = resolve_precision(requested, self.model.device, "--precision")
         if chosen != self.precision:
             folder, decoding_file, device = self._source
             self.model = load_saved_model(folder, decoding_file, device, precision=chosen).model

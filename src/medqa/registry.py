@@ -1,31 +1,19 @@
 """The register stage: log the model to MLflow as a pyfunc, register a version, and move the
-``champion`` alias only when the new version passes the gate.
-
-One gate, on the same rows: the candidate's test F1 (from the evaluate stage) must be a real number
-on a non-empty test split, at least ``register.min_f1``, and not below the current champion scored
-*now*, as it is served, on the very same test rows (``data/validated/test.jsonl``). A champion that
-cannot be scored is compared by its recorded F1 only when it was measured on the same test set
-(same content hash); otherwise the gate refuses and says so. Every decision and its reason go to
-reports/registration.json and onto the model version.
+``champion`` alias only when the new version passes the gate (:mod:`medqa.champion`). Every
+decision and its reason go to reports/registration.json and onto the model version.
 
 Registration is idempotent: a checkpoint already registered (same weights, tokenizer and decoding
 settings, by content hash) is never logged again; a rerun caused by a gate-only change (say
 ``register.min_f1``) re-decides the alias for the existing version and says so.
-
-Every move of ``champion`` (the gate, ``medqa promote``, ``medqa rollback``) is appended to the
-registered model's ``champion_history`` tag, a JSON list kept in the registry itself so that any
-machine with the tracking URI sees the same history and rollback can go back more than one step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import tempfile
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +24,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from medqa.champion import finite_or_none, gate, tag_value
 from medqa.config import RegisterParams
+from medqa.contracts import (
+    DECODING_FILE,
+    INFERENCE_CONFIG,
+    REGISTRATION_REPORT,
+    TRAIN_CURVE,
+    DecodingSettings,
+)
 from medqa.envlock import lock_digest
-from medqa.errors import ModelError, first_line
+from medqa.errors import ModelError
 from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_model_config, usable_positions
-from medqa.predictor import DECODING_FILE, load_saved_model, score_saved_model
 from medqa.reports import figure
-from medqa.scoring import summarize
 from medqa.tracking import (
     configure_tracking,
     file_md5,
@@ -53,9 +47,9 @@ from medqa.tracking import (
     shareable_uri,
 )
 
-HISTORY_TAG = "champion_history"
-
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
     outputs=Schema(
@@ -68,6 +62,8 @@ SIGNATURE = ModelSignature(
         ]
     ),
 )
+
+
 INPUT_EXAMPLE = pd.DataFrame(
     [
         {
@@ -77,278 +73,6 @@ INPUT_EXAMPLE = pd.DataFrame(
         }
     ]
 )
-
-
-def current_champion(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
-    """(version as a string, recorded test F1) of the current champion, or (None, None).
-
-    The SQLite store hands versions back as ints, the register stage as strings: strings throughout.
-    """
-    try:
-        mv = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None, None
-    f1 = mv.tags.get("test_f1")
-    return str(mv.version), float(f1) if f1 is not None else None
-
-
-def _real(x: Any) -> float | None:
-    """``x`` as a float when it is a finite number, else None (NaN, infinity, missing, text)."""
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _tag(x: float | None) -> str:
-    """A figure as a version tag: six decimals, or "nan" (which reads back as not a number)."""
-    return f"{x:.6f}" if x is not None else "nan"
-
-
-def score_champion(
-    client: MlflowClient, name: str, version: str, rows: Sequence[dict[str, Any]], batch_size: int
-) -> tuple[float | None, str | None]:
-    """Test F1 of ``name`` v``version`` on ``rows``, scored as it is served (its own tokenizer, windows,
-    decoding and threshold); (None, why) when it cannot be fetched, loaded or scored."""
-    uri = f"models:/{name}/{version}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="medqa-champion-") as tmp:
-            folder, _, _ = fetch_registered_model(uri, Path(tmp))
-            saved = load_saved_model(folder)
-            decisions, _, _ = score_saved_model(
-                saved, rows, [f"test row {i + 1}" for i in range(len(rows))], batch_size
-            )
-    except Exception as e:  # noqa: BLE001 - whatever breaks the old champion is a reason, not a crash
-        return None, f"{uri} could not be scored: {first_line(e)}"
-    return _real(summarize([d.answer(saved.threshold) for d in decisions], rows)["f1"]), None
-
-
-def gate(
-    client: MlflowClient,
-    name: str,
-    version: str,
-    f1: float | None,
-    rows: Sequence[dict[str, Any]],
-    test_md5: str,
-    min_f1: float,
-    batch_size: int,
-) -> dict[str, Any]:
-    """Decide whether ``version`` (test F1 ``f1`` on ``rows``) becomes ``champion``; move it if so.
-
-    Returns the decision with its reason and what it was compared against.
-    """
-    prev_version, prev_recorded = current_champion(client, name)
-    decision: dict[str, Any] = {
-        "previous_champion": prev_version,
-        "previous_champion_f1": None,
-        "previous_champion_f1_from": None,
-    }
-
-    def refuse(reason: str) -> dict[str, Any]:
-        return decision | {"promoted": False, "reason": reason}
-
-    if prev_version == version:
-        fails = (
-            ""
-            if f1 is not None and f1 >= min_f1
-            else f"; it would not pass the gate now (test F1 {f1} vs register.min_f1 {min_f1}): "
-            "`medqa rollback` moves the alias back"
-        )
-        return decision | {
-            "promoted": True,
-            "previous_champion_f1": prev_recorded,
-            "reason": f"v{version} is already @champion; alias unchanged{fails}",
-        }
-    if not rows:
-        return refuse("the test split is empty: nothing to compare on")
-    if f1 is None:
-        return refuse("test F1 is not a number")
-    if f1 < min_f1:
-        return refuse(f"test F1 {f1:.4f} is below register.min_f1 {min_f1:.4f}")
-    if prev_version is not None:
-        champ_f1, why = score_champion(client, name, prev_version, rows, batch_size)
-        source = "scored now on the same test rows"
-        if champ_f1 is None:
-            champ = client.get_model_version(name, prev_version)
-            recorded = _real(champ.tags.get("test_f1"))
-            if champ.tags.get("test_md5") != test_md5 or recorded is None:
-                return refuse(
-                    f"{why}, and its recorded F1 is not from this test set; "
-                    f"compare by hand and use `medqa promote {version}`"
-                )
-            champ_f1, source = recorded, f"its recorded F1 on the same test set ({why})"
-        decision |= {"previous_champion_f1": champ_f1, "previous_champion_f1_from": source}
-        if f1 < champ_f1:
-            return refuse(
-                f"test F1 {f1:.4f} is below champion v{prev_version}'s {champ_f1:.4f} ({source})"
-            )
-        reason = (
-            f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f} and >= champion v{prev_version}'s "
-            f"{champ_f1:.4f} ({source})"
-        )
-    else:
-        reason = f"test F1 {f1:.4f} >= min_f1 {min_f1:.4f}; no champion yet"
-    move_champion(client, name, version, "gate", reason)
-    return decision | {"promoted": True, "reason": reason}
-
-
-def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every recorded move of ``champion``, oldest first."""
-    raw = _registered_model(client, name).tags.get(HISTORY_TAG)
-    return json.loads(raw) if raw else []
-
-
-def move_champion(
-    client: MlflowClient, name: str, version: str, action: str, reason: str
-) -> dict[str, Any]:
-    """Point ``champion`` at ``version`` and append the move to the history; return the event.
-
-    ``action`` is gate, promote or rollback; the version also gets a ``previous_champion`` tag.
-    """
-    previous, _ = current_champion(client, name)
-    history = champion_history(client, name)
-    client.set_registered_model_alias(name, "champion", version)
-    event = {
-        "version": str(version),
-        "previous": previous,
-        "action": action,
-        "reason": reason,
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, event]))
-    if previous is not None and previous != str(version):
-        client.set_model_version_tag(name, version, "previous_champion", previous)
-    return event
-
-
-def _registered_model(client: MlflowClient, name: str) -> Any:
-    try:
-        return client.get_registered_model(name)
-    except MlflowException:
-        raise ModelError(
-            f"no registered model named {name!r} (run the register stage first)"
-        ) from None
-
-
-def _model_version(client: MlflowClient, name: str, version: str) -> Any:
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException:
-        raise ModelError(f"{name} has no version {version!r}") from None
-
-
-MODEL_DIR_ARTIFACT = (
-    "artifacts/model_dir"  # where log_model puts the checkpoint (weights, tokenizer, decoding.json)
-)
-
-
-def fetch_registered_model(uri: str, dst: Path) -> tuple[Path, str, str]:
-    """Download the model folder of ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` into ``dst``.
-
-    Returns (folder, name, version). Only the checkpoint folder is fetched, not the pyfunc's code
-    copy: callers load it with the safe loader and its own decoding.json, exactly as it is served.
-    Call ``configure_tracking`` first.
-    """
-    rest = uri.removeprefix("models:/")
-    name, sep, ref = rest.partition("@") if "@" in rest else rest.rpartition("/")
-    if rest == uri or not name or not ref:
-        raise ModelError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    client = MlflowClient()
-    registered = _registered_model(client, name)
-    if sep == "@":
-        if ref not in registered.aliases:
-            known = ", ".join(sorted(registered.aliases)) or "none"
-            raise ModelError(f"{uri}: {name} has no alias {ref!r} (aliases: {known})")
-        version = str(registered.aliases[ref])
-    else:
-        version = str(_model_version(client, name, ref).version)
-    try:
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}/{MODEL_DIR_ARTIFACT}", dst_path=str(dst)
-            )
-        )
-    except MlflowException as e:
-        raise ModelError(
-            f"{uri}: cannot download v{version} ({e.message.splitlines()[0]})"
-        ) from None
-    if not (folder / "config.json").exists():
-        raise ModelError(
-            f"{uri}: v{version} has no {MODEL_DIR_ARTIFACT}/config.json (not a medqa model?)"
-        )
-    return folder, name, version
-
-
-def promote(client: MlflowClient, name: str, version: str) -> dict[str, Any] | None:
-    """Make ``version`` the champion by hand, bypassing the gate; None when it already is."""
-    _registered_model(client, name)
-    mv = _model_version(client, name, str(version))
-    version, (current, current_f1) = str(mv.version), current_champion(client, name)
-    if current == version:
-        return None
-    f1 = mv.tags.get("test_f1", "unknown")
-    was = f"v{current} (test F1 {current_f1})" if current is not None else "no champion"
-    return move_champion(
-        client, name, version, "promote", f"manual promote: test F1 {f1}, replacing {was}"
-    )
-
-
-def _champion_stack(history: list[dict[str, Any]]) -> list[str]:
-    """The champions in force, oldest first, after replaying promotions (push) and rollbacks (pop)."""
-    stack: list[str] = []
-    for event in history:
-        if event["action"] == "rollback":
-            while stack and stack[-1] != event["version"]:
-                stack.pop()
-            if not stack:
-                stack.append(event["version"])
-        else:
-            stack.append(event["version"])
-    return stack
-
-
-def rollback(client: MlflowClient, name: str) -> dict[str, Any]:
-    """Move ``champion`` back to the champion before the current one; repeated calls go further back.
-
-    Versions deleted since they were champion are skipped; a champion set outside medqa counts as the
-    latest move.
-    """
-    current, _ = current_champion(client, name)
-    if current is None:
-        raise ModelError(f"{name} has no champion to roll back")
-    stack = _champion_stack(champion_history(client, name))
-    if not stack or stack[-1] != current:
-        stack.append(current)
-    existing = {str(mv.version) for mv in client.search_model_versions(f"name='{name}'")}
-    for target in reversed(stack[:-1]):
-        if target != current and target in existing:
-            return move_champion(client, name, target, "rollback", f"rollback from v{current}")
-    raise ModelError(f"{name}: no earlier champion to roll back to (history holds only v{current})")
-
-
-def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every version of ``name``, newest first, with its test figures and aliases."""
-    aliases: dict[str, list[str]] = {}
-    for alias, version in _registered_model(
-        client, name
-    ).aliases.items():  # search results omit aliases
-        aliases.setdefault(str(version), []).append(alias)
-    rows = []
-    for mv in client.search_model_versions(f"name='{name}'"):
-        rows.append(
-            {
-                "version": str(mv.version),
-                "aliases": sorted(aliases.get(str(mv.version), [])),
-                "test_f1": float(mv.tags["test_f1"]) if "test_f1" in mv.tags else None,
-                "test_em": float(mv.tags["test_em"]) if "test_em" in mv.tags else None,
-                "created": datetime.fromtimestamp(
-                    mv.creation_timestamp / 1000, timezone.utc
-                ).isoformat(timespec="seconds"),
-                "run_id": mv.run_id,
-            }
-        )
-    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 
 def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[str, str]:
@@ -377,14 +101,13 @@ def lineage_tags(client: MlflowClient, run_id: str, tracking_uri: str) -> dict[s
     } | {k: v for k, v in tags.items() if k.startswith("dvc_experiment")}
 
 
-def checkpoint_hash(model_dir: Path, decoding: dict[str, Any]) -> str:
+def checkpoint_hash(model_dir: Path, decoding: DecodingSettings) -> str:
     """SHA-256 of what serving depends on: every file of the checkpoint except the run's own records
     (medqa.json, train_curve.json: timings differ between identical trainings) and the decoding
     settings. Equal hashes mean the same answers for every question."""
-    files = folder_digest(model_dir, exclude=("medqa.json", "train_curve.json"))
-    return hashlib.sha256(
-        files.encode() + json.dumps(decoding, sort_keys=True).encode()
-    ).hexdigest()
+    files = folder_digest(model_dir, exclude=(INFERENCE_CONFIG, TRAIN_CURVE))
+    settings = json.dumps(decoding.to_json(), sort_keys=True)
+    return hashlib.sha256(files.encode() + settings.encode()).hexdigest()
 
 
 def _version_with_hash(client: MlflowClient, name: str, content_hash: str) -> str | None:
@@ -429,6 +152,90 @@ def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: 
     return str(info.registered_model_version)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """What the register stage reads: the checkpoint, its evaluate reports and the test rows."""
+
+    model_dir: Path
+    config: dict[str, Any]  # the checkpoint's medqa.json
+    metrics: dict[str, Any]
+    decoding: DecodingSettings
+    decoding_path: Path
+    rows: list[dict[str, Any]]
+    test_md5: str
+
+    @property
+    def run_id(self) -> str:
+        return str(self.config["run_id"])
+
+
+def _read_candidate(
+    model_dir: Path, metrics_path: Path, decoding_path: Path, test_path: Path
+) -> Candidate:
+    """The candidate's records, refusing metrics scored on another test set than ``test_path``."""
+    model_dir = Path(model_dir)
+    metrics = json.loads(Path(metrics_path).read_text())
+    try:
+        decoding = DecodingSettings.from_json(json.loads(Path(decoding_path).read_text()))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"{decoding_path}: cannot read decoding settings ({e})") from None
+    rows, test_md5 = read_jsonl(Path(test_path)), file_md5(Path(test_path))
+    if metrics.get("test_md5") not in (None, test_md5):
+        raise ModelError(
+            f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`"
+        )
+    config = json.loads((model_dir / INFERENCE_CONFIG).read_text())
+    return Candidate(model_dir, config, metrics, decoding, Path(decoding_path), rows, test_md5)
+
+
+def _version_tags(c: Candidate, content_hash: str) -> dict[str, str]:
+    """The figures a new version is tagged with, readable in the registry without its weights."""
+    f1, em = finite_or_none(c.metrics.get("f1")), finite_or_none(c.metrics.get("exact"))
+    best = c.metrics["best_baseline"]
+    # the longest window its positions take: predict and serve refuse windows past the limit
+    # when they load it (predictor.load_saved_model)
+    positions = usable_positions(load_model_config(str(c.model_dir)))
+    return {
+        "max_seq_length": str(c.decoding.max_seq_length),
+        "usable_positions": str(positions) if positions is not None else "unlimited",
+        "test_f1": tag_value(f1),
+        "test_em": tag_value(em),
+        "test_n": str(len(c.rows)),
+        "test_md5": c.test_md5,
+        "content_hash": content_hash,
+        "backend": c.config.get("backend", ""),
+        "base_model": c.config.get("base_model", ""),
+        "run_id": c.run_id,
+        "best_baseline_f1": tag_value(c.metrics["baselines_f1"][best]),
+        # test F1 was measured at this precision, and predict/serve run the version at it
+        "precision": c.decoding.precision or "fp32",
+    }
+
+
+def _new_version(
+    client: MlflowClient, c: Candidate, name: str, content_hash: str, tracking_uri: str
+) -> str:
+    """Log and register the candidate as a new version of ``name``, tagged and described; it
+    becomes ``@candidate`` whatever the gate decides."""
+    version = _log_version(c.model_dir, c.decoding_path, c.run_id, name)
+    tags = _version_tags(c, content_hash) | lineage_tags(client, c.run_id, tracking_uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    f1, em = finite_or_none(c.metrics.get("f1")), finite_or_none(c.metrics.get("exact"))
+    best = c.metrics["best_baseline"]
+    client.update_model_version(
+        name,
+        version,
+        description=(
+            "Extractive QA for AMD clinical text (research use, not medical advice). "
+            f"Test F1 {figure(f1)}, EM {figure(em)} on {len(c.rows)} questions; best baseline "
+            f"{best} F1 {figure(c.metrics['baselines_f1'][best])}. Run {c.run_id}."
+        ),
+    )
+    client.set_registered_model_alias(name, "candidate", version)
+    return version
+
+
 def register_model(
     model_dir: Path,
     metrics_path: Path,
@@ -440,85 +247,48 @@ def register_model(
 ) -> dict[str, Any]:
     """Register the checkpoint (once per content hash), tag it with its figures, apply the gate on
     the test rows of ``test_path``, write the decision."""
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / "medqa.json").read_text())
-    metrics = json.loads(Path(metrics_path).read_text())
-    decoding = json.loads(Path(decoding_path).read_text())
-    rows, test_md5 = read_jsonl(Path(test_path)), file_md5(Path(test_path))
-    if metrics.get("test_md5") not in (None, test_md5):
-        raise ModelError(
-            f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`"
-        )
-    f1, em = _real(metrics.get("f1")), _real(metrics.get("exact"))
+    c = _read_candidate(model_dir, metrics_path, decoding_path, test_path)
+    f1 = finite_or_none(c.metrics.get("f1"))
     tracking_uri = configure_tracking()
     client = MlflowClient()
-    content_hash = checkpoint_hash(model_dir, decoding)
+    content_hash = checkpoint_hash(c.model_dir, c.decoding)
     version = _version_with_hash(client, params.model_name, content_hash)
     reused = version is not None
-    run_id = config["run_id"]
     if version is None:
-        version = _log_version(model_dir, decoding_path, run_id, params.model_name)
-        best = metrics["best_baseline"]
-        # the windows it was evaluated with and the longest its positions take, readable in the
-        # registry without downloading the weights (predict and serve refuse windows past the
-        # limit when they load it: predictor.load_saved_model)
-        positions = usable_positions(load_model_config(str(model_dir)))
-        tags = {
-            "max_seq_length": str(decoding["max_seq_length"]),
-            "usable_positions": str(positions) if positions is not None else "unlimited",
-            "test_f1": _tag(f1),
-            "test_em": _tag(em),
-            "test_n": str(len(rows)),
-            "test_md5": test_md5,
-            "content_hash": content_hash,
-            "backend": config.get("backend", ""),
-            "base_model": config.get("base_model", ""),
-            "run_id": run_id,
-            "best_baseline_f1": _tag(metrics["baselines_f1"][best]),
-            # test F1 was measured at this precision, and predict/serve run the version at it
-            "precision": decoding.get("precision", "fp32"),
-        } | lineage_tags(client, run_id, tracking_uri)
-        for k, v in tags.items():
-            client.set_model_version_tag(params.model_name, version, k, v)
-        client.update_model_version(
-            params.model_name,
-            version,
-            description=(
-                "Extractive QA for AMD clinical text (research use, not medical advice). "
-                f"Test F1 {figure(f1)}, EM {figure(em)} on {len(rows)} questions; best baseline {best} F1 "
-                f"{figure(metrics['baselines_f1'][best])}. Run {run_id}."
-            ),
-        )
-        client.set_registered_model_alias(params.model_name, "candidate", version)
+        version = _new_version(client, c, params.model_name, content_hash, tracking_uri)
     decision = gate(
-        client, params.model_name, version, f1, rows, test_md5, params.min_f1, batch_size
+        client, params.model_name, version, f1, c.rows, c.test_md5, params.min_f1, batch_size
     )
     if reused:
         decision["reason"] = (
             f"already registered as v{version} (same checkpoint); gate re-decided: {decision['reason']}"
         )
-    for k, v in (
-        ("gate_promoted", str(decision["promoted"]).lower()),
-        ("gate_reason", decision["reason"]),
-    ):
-        client.set_model_version_tag(params.model_name, version, k, v)
+    client.set_model_version_tag(
+        params.model_name, version, "gate_promoted", str(decision["promoted"]).lower()
+    )
+    client.set_model_version_tag(params.model_name, version, "gate_reason", decision["reason"])
     record = {
         "model_name": params.model_name,
         "version": version,
         "new_version": not reused,
         "test_f1": f1,
-        "test_n": len(rows),
-        "test_md5": test_md5,
+        "test_n": len(c.rows),
+        "test_md5": c.test_md5,
         "min_f1": params.min_f1,
-        "run_id": run_id,
+        "run_id": c.run_id,
         "content_hash": content_hash,
         "model_uri": f"models:/{params.model_name}/{version}",
         **decision,
     }
+    _record_on_run(client, c.run_id, record, version)
+    write_json_atomic(Path(out_path), record)
+    return record
+
+
+def _record_on_run(client: MlflowClient, run_id: str, record: dict[str, Any], version: str) -> None:
+    """The decision as an artifact and tag of the training run (which stays closed)."""
     try:
-        client.log_dict(run_id, strict_json(record), "registration.json")  # the run stays closed
+        client.log_dict(run_id, strict_json(record), REGISTRATION_REPORT)
         client.set_tag(run_id, "registered_version", version)
     except MlflowException:
         pass  # a reused version whose training run was removed: the registry already holds the record
-    write_json_atomic(out_path, record)
-    return record

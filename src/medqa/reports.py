@@ -18,16 +18,21 @@ def figure(x: Any, spec: str = ".4f") -> str:
 
 
 def score_lines(m: dict[str, Any], label: str = "test") -> list[str]:
-    """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines."""
+    """EM/F1 with the bootstrap interval, answerable/unanswerable F1, and the floor baselines (and
+    the repairs an ad-hoc run made to its data file before scoring it)."""
     lo, hi = m.get("f1_ci95") or (None, None)
     ci = f"95% CI {figure(lo, '.3f')}-{figure(hi, '.3f')}, " if m.get("f1_ci95") else ""
     baselines = ", ".join(f"{k} {figure(v)}" for k, v in m["baselines_f1"].items())
-    return [
+    lines = [
         f"{label}: EM {figure(m['exact'])}  F1 {figure(m['f1'])} ({ci}n={m['n']})",
         f"  answerable F1 {figure(m['has_ans_f1'])} (n={m.get('has_ans_n', 'n/a')}), "
         f"unanswerable F1 {figure(m['no_ans_f1'])} (n={m.get('no_ans_n', 'n/a')})",
         f"  baselines F1: {baselines}; lead over the best {figure(m['lead_over_best_baseline'], '+.4f')}",
     ]
+    if m.get("repairs"):  # an ad-hoc run on a data file: the validate stage's repairs, made first
+        kinds = ", ".join(f"{k} {n}" for k, n in m.get("repairs_by_kind", {}).items())
+        lines.append(f"  scored after {m['repairs']} repairs ({kinds})")
+    return lines
 
 
 def registration_lines(r: dict[str, Any]) -> list[str]:

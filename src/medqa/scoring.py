@@ -24,18 +24,6 @@ def gold_texts(row: dict[str, Any]) -> list[str]:
     return [a["text"] for a in row["answers"]]
 
 
-def span_decisions(
-    model: PreTrainedModel,
-    features: Sequence[dict[str, Any]],
-    rows: Sequence[dict[str, Any]],
-    decode: DecodeParams,
-    batch_size: int,
-    pad_id: int,
-) -> list[SpanDecision]:
-    """Run the model over a split's windows and decode one SpanDecision per question."""
-    return span_decisions_timed(model, features, rows, decode, batch_size, pad_id)[0]
-
-
 def span_decisions_timed(
     model: PreTrainedModel,
     features: Sequence[dict[str, Any]],
@@ -44,7 +32,8 @@ def span_decisions_timed(
     batch_size: int,
     pad_id: int,
 ) -> tuple[list[SpanDecision], float]:
-    """``span_decisions``, plus the seconds of its batched model forward over all of ``features``.
+    """One SpanDecision per question from the model over a split's windows, and the seconds of its
+    batched model forward over all of ``features``.
 
     The pass is timed where it runs so throughput needs no second pass over the split; decoding is
     left out of the clock, as it was when throughput had a pass of its own. ``predict_logits`` copies
@@ -72,7 +61,7 @@ def score_split(
     pad_id: int,
 ) -> dict[str, float]:
     """EM/F1 on a split with the threshold tuned on that same split (a monitoring figure)."""
-    decisions = span_decisions(model, features, rows, decode, batch_size, pad_id)
+    decisions, _ = span_decisions_timed(model, features, rows, decode, batch_size, pad_id)
     golds = [gold_texts(r) for r in rows]
     thr, _ = tune_null_threshold(decisions, golds, f1_of)
     return summarize([d.answer(thr) for d in decisions], rows)

@@ -10,14 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+from medqa.contracts import METRICS_REPORT, REGISTRATION_REPORT
 from medqa.errors import MedqaError
 from medqa.reports import registration_lines, score_lines
 
 
 def summarize_reports(reports: Path) -> str:
     """The lines of reports/metrics.json and reports/registration.json, and the disclaimer."""
-    m = json.loads((reports / "metrics.json").read_text())
-    r = json.loads((reports / "registration.json").read_text())
+    m = json.loads((reports / METRICS_REPORT).read_text())
+    r = json.loads((reports / REGISTRATION_REPORT).read_text())
     lines = score_lines(m, f"test split ({m['n']} questions)") + registration_lines(r)
     return "\n".join([*lines, "Research use only; not medical advice."])
 

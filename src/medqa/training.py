@@ -9,11 +9,7 @@ tune the abstention threshold) and completes the curve: one dev pass fewer per p
 Training state (weights, optimizer, scheduler, RNG, curve so far) is checkpointed every epoch and
 every ``train.save_steps`` steps into ``models/train_state``. A rerun after a crash or a kill
 resumes from the last complete checkpoint and reaches the same final weights as an uninterrupted
-run. Only provably the same training is resumed: the fingerprint covers everything that changes
-the weights (every source file the stage runs, its params, the base model's weights, the features,
-the data, library versions, world size, device and precision); state of any other training is
-discarded.
-A checkpoint the Trainer was still writing when the process died is ignored and removed. A finished
+run. Only provably the same training is resumed (:mod:`medqa.train_state`). A finished
 training deletes its state, so a completed state never stands in for training (``dvc repro -f
 train`` trains from scratch). One trainer per state folder: a lock beside it refuses a second one,
 and a trainer dies with the process that started it (a killed ``dvc`` leaves no orphan training).
@@ -25,7 +21,6 @@ After a resume, the loss logged for the interrupted epoch averages only the step
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -39,36 +34,28 @@ from typing import Any
 
 import mlflow
 import torch
-import transformers
 from datasets import load_from_disk
-from mlflow.exceptions import MlflowException
 from transformers import (
     DataCollatorWithPadding,
     PreTrainedModel,
     Trainer,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from medqa.config import DecodeParams, Params, as_dict
+from medqa.config import Params, as_dict
+from medqa.contracts import INFERENCE_CONFIG, TRAIN_CURVE
 from medqa.device import (
     DeviceInfo,
     detect_device,
     explain_precision,
     keep_freed_memory,
-    precision_context,
 )
 from medqa.envlock import lock_digest
 from medqa.fileio import atomic_dir, read_jsonl, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
-from medqa.provenance import sources_digest, stage_sources
-from medqa.scoring import score_split
 from medqa.tracking import (
     configure_tracking,
     experiment_tags,
@@ -76,239 +63,20 @@ from medqa.tracking import (
     folder_digest,
     git_commit,
 )
-
-INFERENCE_CONFIG = (
-    "medqa.json"  # written beside the weights: what prediction needs to match training
+from medqa.train_callbacks import DevF1Monitor, SaveEverySteps
+from medqa.train_state import (
+    CURVE_FILE,
+    STATE_FILE,
+    EpochRecord,
+    checkpoint_progress,
+    curve_so_far,
+    resumable_checkpoint,
+    start_or_resume_run,
+    training_fingerprint,
+    weights_digest,
 )
-STATE_FILE = (
-    "state.json"  # in the train-state folder: whose checkpoints these are, and their MLflow run
-)
-CURVE_FILE = "curve.json"  # in the train-state folder: the per-epoch records so far
-MODEL_CURVE = "train_curve.json"  # beside the weights: the finished curve, completed by evaluate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EpochRecord:
-    """One point of the training curve."""
-
-    epoch: int
-    train_loss: float
-    dev_f1: float | None  # None for the last epoch: the evaluate stage fills it in
-    dev_em: float | None
-
-
-class DevF1Monitor(TrainerCallback):
-    """Logs each epoch's training loss and dev EM/F1 to MLflow and keeps the curve on disk.
-
-    The Trainer calls on_epoch_end before it logs the epoch's loss, so the dev scores wait in
-    ``_pending`` until the loss arrives in on_log. The curve is written to ``curve_path`` after each
-    epoch, so a resumed run continues it instead of starting a new one. Dev is scored at the
-    training's precision (bf16 autocast scores it in half the time of fp32 on a CPU that has bf16).
-    """
-
-    def __init__(
-        self,
-        dev_features: Any,
-        dev_rows: list[dict[str, Any]],
-        batch_size: int,
-        pad_id: int,
-        final_epoch: int,
-        precision: str,
-        curve_path: Path | None = None,
-        history: list[EpochRecord] | None = None,
-    ) -> None:
-        self.dev_features, self.dev_rows, self.final_epoch = dev_features, dev_rows, final_epoch
-        self.batch_size, self.pad_id, self.precision = batch_size, pad_id, precision
-        self.curve_path = curve_path
-        self.history: list[EpochRecord] = list(history or [])
-        self._pending: EpochRecord | None = None
-
-    def on_epoch_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        if not state.is_world_process_zero:
-            return
-        epoch = round(state.epoch or 0)
-        if epoch >= self.final_epoch:  # the evaluate stage scores the final model on dev
-            self._pending = EpochRecord(epoch, float("nan"), None, None)
-            return
-        with precision_context(model, self.precision):  # the Trainer's autocast ends with forward
-            scores = score_split(
-                model,
-                self.dev_features,
-                self.dev_rows,
-                DecodeParams(),
-                self.batch_size,
-                self.pad_id,
-            )
-        model.train()
-        self._pending = EpochRecord(epoch, float("nan"), scores["f1"], scores["exact"])
-
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if self._pending is not None and logs and "loss" in logs:
-            self._pending.train_loss = float(logs["loss"])
-            self._flush()
-
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self._pending is not None:
-            self._flush()
-
-    def _flush(self) -> None:
-        rec, self._pending = self._pending, None
-        if rec is None:
-            return
-        self.history.append(rec)
-        dev: dict[str, float] = {}
-        if rec.dev_f1 is not None and rec.dev_em is not None:
-            dev = {"dev_f1": rec.dev_f1, "dev_em": rec.dev_em}
-        mlflow.log_metrics({"train_loss": rec.train_loss} | dev, step=rec.epoch)
-        if self.curve_path is not None:
-            write_json_atomic(self.curve_path, [asdict(r) for r in self.history])
-        scores = (
-            f"  dev F1 {rec.dev_f1:.4f}  dev EM {rec.dev_em:.4f}"
-            if dev
-            else "  (dev: scored by evaluate)"
-        )
-        log.info("epoch %s: train loss %.4f%s", rec.epoch, rec.train_loss, scores)
-
-
-class SaveEverySteps(TrainerCallback):
-    """Adds a checkpoint every ``steps`` optimizer steps to the Trainer's per-epoch ones."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self.steps > 0 and state.global_step % self.steps == 0:
-            control.should_save = True
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's initial parameters and buffers (the base model's weights, whatever their
-    source: packaged, local folder or hub cache; the new QA head is seeded, so it hashes the
-    same)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode() + b"\0" + str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def training_fingerprint(
-    params: Params,
-    features_md5: str,
-    data_md5: dict[str, str],
-    base_weights: str,
-    device: DeviceInfo,
-    precision: str,
-) -> str:
-    """Everything that changes the trained weights: a checkpoint resumes only on a match."""
-    parts = {
-        "train": as_dict(params.train),
-        "tokenize": as_dict(params.tokenize),
-        "base_model": params.base_model,
-        "base_weights": base_weights,
-        "features": features_md5,
-        **data_md5,
-        "code": sources_digest(stage_sources("train")),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "device": [device.backend, device.name, device.arch],
-        "precision": precision,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _is_complete(checkpoint: Path) -> bool:
-    """Whether the Trainer finished writing ``checkpoint``: it writes trainer_state.json last, after
-    the weights, optimizer, scheduler and RNG state, so a parseable one marks a whole checkpoint."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any(checkpoint.glob("*.safetensors")) and (checkpoint / "optimizer.pt").exists()
-
-
-def last_complete_checkpoint(state_dir: Path) -> str | None:
-    """The newest complete checkpoint in ``state_dir``; incomplete ones (killed mid-save) go."""
-    found = sorted(
-        (
-            p
-            for p in Path(state_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-            if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()
-        ),
-        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
-    )
-    complete = []
-    for ckpt in found:
-        if _is_complete(ckpt):
-            complete.append(ckpt)
-        else:
-            log.warning(
-                "removing incomplete checkpoint %s (the run writing it was interrupted)", ckpt
-            )
-            shutil.rmtree(ckpt, ignore_errors=True)
-    return str(complete[-1]) if complete else None
-
-
-def resumable_checkpoint(state_dir: Path, fingerprint: str) -> tuple[str | None, dict[str, Any]]:
-    """The last complete checkpoint in ``state_dir`` if it was written by the same training.
-
-    Returns (checkpoint path or None, the saved state record). A folder left by another
-    configuration is emptied, so its checkpoints can never be mixed into this run.
-    """
-    state_file = state_dir / STATE_FILE
-    try:
-        saved = json.loads(state_file.read_text()) if state_file.exists() else {}
-    except ValueError:
-        saved = {}
-    if saved.get("fingerprint") == fingerprint:
-        return last_complete_checkpoint(state_dir), saved
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
-    return None, {}
-
-
-def _checkpoint_progress(checkpoint: str | None) -> tuple[float, int]:
-    """(epochs done, optimizer steps done) of a Trainer checkpoint; (0, 0) when starting fresh."""
-    if checkpoint is None:
-        return 0.0, 0
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return float(state.get("epoch") or 0), int(state["global_step"])
-
-
-def _start_run(saved: dict[str, Any]) -> tuple[Any, bool]:
-    """Continue the interrupted run's MLflow run when it still exists, else start a new one.
-
-    Returns (run, whether it is new): a new run gets the params, even when training resumes (the
-    store may have been removed since the interruption).
-    """
-    run_id = saved.get("mlflow_run_id")
-    if run_id:
-        try:
-            return mlflow.start_run(run_id=run_id), False
-        except MlflowException:
-            pass
-    return mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}"), True
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -356,6 +124,19 @@ def _load_inputs(features_dir: Path, validated_dir: Path, params: Params) -> Tra
     )
 
 
+def _log_params(params: Params, world_size: int) -> None:
+    """The recipe on a new MLflow run: train params, base model, batch split, tokenization."""
+    mlflow.log_params(
+        as_dict(params.train)
+        | {
+            "base_model": params.base_model,
+            "world_size": world_size,
+            "per_device_batch_size": _per_device_batch(params.train.batch_size),
+        }
+        | {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()}
+    )
+
+
 def _open_run(
     params: Params,
     inputs: TrainInputs,
@@ -380,21 +161,13 @@ def _open_run(
     )
     resume_from, saved = resumable_checkpoint(state_dir, fingerprint)
     configure_tracking()
-    run, new_run = _start_run(saved if resume_from else {})
+    run, new_run = start_or_resume_run(saved if resume_from else {})
     state_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         state_dir / STATE_FILE, {"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}
     )
     if new_run:
-        mlflow.log_params(
-            as_dict(params.train)
-            | {
-                "base_model": params.base_model,
-                "world_size": world_size,
-                "per_device_batch_size": _per_device_batch(params.train.batch_size),
-            }
-            | {f"tokenize.{k}": v for k, v in as_dict(params.tokenize).items()}
-        )
+        _log_params(params, world_size)
     attn = getattr(inputs.model.config, "_attn_implementation", "unknown")
     mlflow.set_tags(
         {
@@ -434,15 +207,6 @@ def _agree_on_resume(resume_from: str | None, info: DeviceInfo) -> str | None:
     box = [resume_from]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _curve_so_far(state_dir: Path, resume_from: str | None) -> list[EpochRecord]:
-    """The curve of the run being resumed, up to its checkpoint and not past it; [] when fresh."""
-    curve = state_dir / CURVE_FILE
-    if not resume_from or not curve.exists():
-        return []
-    epochs_before, _ = _checkpoint_progress(resume_from)
-    return [EpochRecord(**r) for r in json.loads(curve.read_text()) if r["epoch"] <= epochs_before]
 
 
 def _training_args(
@@ -528,7 +292,7 @@ def _fine_tune(
             (precision, precision_reason),
         )
     resume_from = _agree_on_resume(resume_from, info)
-    _, steps_before = _checkpoint_progress(resume_from)
+    _, steps_before = checkpoint_progress(resume_from)
     monitor = DevF1Monitor(
         inputs.dev_features,
         inputs.dev_rows,
@@ -537,7 +301,7 @@ def _fine_tune(
         math.ceil(tp.epochs),
         precision,
         state_dir / CURVE_FILE if is_main else None,
-        _curve_so_far(state_dir, resume_from) if is_main else [],
+        curve_so_far(state_dir, resume_from) if is_main else [],
     )
     trainer = Trainer(
         model=inputs.model,
@@ -610,7 +374,7 @@ def _publish(
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp))  # safetensors weights + config + tokenizer
         write_json_atomic(tmp / INFERENCE_CONFIG, summary)
-        write_json_atomic(tmp / MODEL_CURVE, [asdict(r) for r in curve])
+        write_json_atomic(tmp / TRAIN_CURVE, [asdict(r) for r in curve])
     mlflow.log_metrics(
         {
             "train_seconds": summary["train_seconds"],

@@ -1,0 +1,127 @@
+"""What an evaluation reports, in either mode (the evaluate stage, ``medqa.evaluation``, and the
+ad-hoc mode, ``medqa.adhoc_eval``): speed figures, one line per question, an error report by question
+type, and the files they are written to. Shared here so that the stage never imports the ad-hoc mode.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from medqa.contracts import (
+    DECODING_FILE,
+    ERRORS_REPORT,
+    METRICS_REPORT,
+    PREDICTIONS_REPORT,
+    DecodingSettings,
+)
+from medqa.decoding import SpanDecision, predict_logits
+from medqa.fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medqa.metrics import score_question
+from medqa.scoring import gold_texts
+
+
+def measure_speed(
+    model: PreTrainedModel,
+    features: Sequence[dict[str, Any]],
+    batch_size: int,
+    pad_id: int,
+    batched_seconds: float,
+    n_single: int = 30,
+) -> dict[str, float]:
+    """Batched questions/s and p50/p95 latency of one question (all of its windows) at a time.
+
+    ``batched_seconds`` is the timed forward over all of ``features`` in batches of ``batch_size``
+    (``span_decisions_timed`` on the scored split), so throughput costs no extra pass; only the
+    first ``n_single`` questions are run again, one at a time, for latency.
+    """
+    if not features:
+        return {}
+    by_example: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for f in features:
+        by_example[int(f["example_index"])].append(f)
+    qps = len(by_example) / batched_seconds
+    singles = []
+    for ex in list(by_example.values())[:n_single]:
+        t0 = time.perf_counter()
+        predict_logits(model, ex, batch_size, pad_id)
+        singles.append((time.perf_counter() - t0) * 1000)
+    q = statistics.quantiles(singles, n=20) if len(singles) > 1 else singles * 19
+    return {
+        "questions_per_s": qps,
+        "batched_pass_s": batched_seconds,
+        "latency_p50_ms": statistics.median(singles),
+        "latency_p95_ms": q[18],
+    }
+
+
+def error_report(
+    records: Sequence[dict[str, Any]],
+    by_type: dict[str, dict[str, float]],
+    per_type: int = 3,
+    split: str = "test split",
+) -> str:
+    """Markdown: F1 per question type, worst first, with that type's lowest-scoring questions."""
+    lines = [
+        f"# Error report ({split})",
+        "",
+        "| question type | n | EM | F1 |",
+        "|---|---|---|---|",
+    ]
+    worst_types = sorted(by_type.items(), key=lambda kv: kv[1]["f1"])
+    lines += [f"| {t} | {v['n']} | {v['exact']:.3f} | {v['f1']:.3f} |" for t, v in worst_types]
+    for t, _ in worst_types:
+        rows = sorted(
+            (r for r in records if (r.get("question_type") or "unlabelled") == t),
+            key=lambda r: r["f1"],
+        )
+        lines += ["", f"## {t}", ""]
+        for r in rows[:per_type]:
+            gold = " | ".join(r["gold_answers"]) or "(no answer)"
+            predicted = r["prediction"] or "(abstained)"
+            lines.append(
+                f"- F1 {r['f1']:.2f} — {r['question']}  \n  gold: {gold}; predicted: {predicted}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def prediction_records(
+    rows: Sequence[dict[str, Any]], preds: Sequence[str], decisions: Sequence[SpanDecision]
+) -> list[dict[str, Any]]:
+    """One predictions.jsonl line per question: the prediction, its score and margin, EM and F1."""
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"],
+            "question_type": r.get("question_type"),
+            "gold_answers": gold_texts(r),
+            "prediction": p,
+            "score": d.answer_prob if p else 1 - d.answer_prob,
+            "margin": d.margin,
+            **dict(zip(("exact", "f1"), score_question(p, gold_texts(r)))),
+        }
+        for r, p, d in zip(rows, preds, decisions)
+    ]
+
+
+def write_reports(
+    reports_dir: Path,
+    report: dict[str, Any],
+    decoding: DecodingSettings,
+    records: list[dict[str, Any]],
+    split: str,
+) -> None:
+    """The four files of one evaluation: predictions, the error report, the decoding settings the
+    answers were read with, and the metrics; each written atomically, never half-written."""
+    write_jsonl_atomic(reports_dir / PREDICTIONS_REPORT, records)
+    write_text_atomic(
+        reports_dir / ERRORS_REPORT, error_report(records, report.get("by_type", {}), split=split)
+    )
+    write_json_atomic(reports_dir / DECODING_FILE, decoding.to_json())
+    write_json_atomic(reports_dir / METRICS_REPORT, report)

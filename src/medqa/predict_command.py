@@ -1,0 +1,241 @@
+"""``medqa predict``: one question, or a file of them streamed through the model, with a saved or
+registered model; and its parser.
+
+A tool command like those of ``tool_commands`` (a source dep of no stage: see
+``medqa.provenance``), in a module of its own because reading and writing question files is most of
+its code. Its module level imports only the shared helpers; the library is imported inside the
+functions that use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medqa.cli_common import REGISTRY_PREFIXES, Subparsers, precision_option, require_store
+
+
+def _load_predictor(model: str, decoding: Path | None = None, precision: str | None = None) -> Any:
+    """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a
+    folder (with ``decoding``: that decoding.json instead of the folder's own, e.g. for a training
+    checkpoint), at its recorded precision or at ``precision``; the choice goes to stderr."""
+    if model.startswith(REGISTRY_PREFIXES):
+        from medqa.server import load_served_model
+        from medqa.tracking import configure_tracking
+
+        require_store()
+        configure_tracking()
+        predictor = load_served_model(model, precision).unwrap_python_model().predictor
+    else:
+        from medqa.predictor import QAPredictor
+
+        predictor = QAPredictor(model, decoding_file=decoding, precision=precision)
+    print(f"precision {predictor.precision} ({predictor.precision_reason})", file=sys.stderr)
+    return predictor
+
+
+def _check_batch_paths(args: argparse.Namespace) -> None:
+    """Refuse --input/--output mistakes before the model loads and any prediction runs: a missing
+    input; an output that is a folder, or the input file itself (it would be overwritten). A missing
+    folder of --output is created, as every other output folder of medqa is."""
+    from medqa.errors import DataError
+
+    if args.input != "-" and not Path(args.input).is_file():
+        what = "is a folder" if Path(args.input).is_dir() else "no such file"
+        raise DataError(f"--input {args.input}: {what}")
+    if args.output in (None, "-"):
+        return
+    out = Path(args.output)
+    if out.is_dir():
+        raise DataError(f"--output {out}: is a folder; name a file, e.g. {out / 'answers.jsonl'}")
+    if args.input != "-" and out.exists() and os.path.samefile(args.input, out):
+        raise DataError(
+            f"--output {out} is the --input file: the answers would overwrite the questions; "
+            "name another file"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--output {out}: cannot create {out.parent} ({e.strerror})") from None
+
+
+def _sniff_format(lines: Any) -> tuple[str, Any]:
+    """jsonl when the first non-blank line is a JSON object, else csv (a header row), for input
+    whose name says neither (stdin); returns the lines with the ones read put back in front."""
+    import itertools
+
+    head = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    first = head[-1].lstrip() if head else ""
+    fmt = "jsonl" if first.startswith("{") or not first else "csv"
+    return fmt, itertools.chain(head, lines)
+
+
+def _input_format(args: argparse.Namespace, name: str, source: Any) -> tuple[str, Any]:
+    """--format auto: csv for a .csv file, jsonl for .jsonl/.json/.ndjson, else (stdin) by content;
+    returns the format and the lines to read (any sniffed ones put back)."""
+    suffix = Path(name.lower()).suffix
+    if args.format == "auto" and suffix in (".csv", ".jsonl", ".json", ".ndjson"):
+        return ("csv" if suffix == ".csv" else "jsonl"), source
+    if args.format == "auto":
+        return _sniff_format(source)
+    return args.format, source
+
+
+@contextlib.contextmanager
+def _streams(
+    args: argparse.Namespace, name: str, out_path: Path | None
+) -> Iterator[tuple[Any, Any]]:
+    """--input (a file, or - for stdin, a BOM dropped) and where results go, open for the block.
+
+    A file output is a temporary file beside it, deleted on the way out unless the block renamed
+    it into place, so a failed run leaves no half-written results and no temporary file.
+    """
+    import io
+    import tempfile
+
+    from medqa.errors import DataError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            if args.input == "-":
+                stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+                source = stack.enter_context(stdin)
+            else:
+                source = stack.enter_context(open(args.input, encoding="utf-8-sig", newline=""))
+            sink = (
+                stack.enter_context(
+                    tempfile.NamedTemporaryFile(
+                        "w",
+                        encoding="utf-8",
+                        dir=out_path.parent,
+                        prefix=f".{out_path.name}.",
+                        delete=False,
+                    )
+                )
+                if out_path
+                else sys.stdout
+            )
+        except OSError as e:
+            raise DataError(f"{e.filename or name}: {e.strerror}") from None
+        if out_path:  # on the way out, unless it was renamed into place
+            stack.callback(Path(sink.name).unlink, missing_ok=True)
+        yield source, sink
+
+
+def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
+    """Stream --input through the model in batches; write JSONL results to --output (renamed into
+    place at the end) or stdout. A bad record stops the run, named by the input it came from."""
+    from tqdm import tqdm
+
+    from medqa.errors import DataError
+    from medqa.predictor import predict_stream, read_records
+
+    name = "stdin" if args.input == "-" else args.input
+    out_path = Path(args.output) if args.output not in (None, "-") else None
+    with (
+        _streams(args, name, out_path) as (source, sink),
+        tqdm(unit="rec", desc="predict", file=sys.stderr, dynamic_ncols=True) as bar,
+    ):
+        try:
+            fmt, lines = _input_format(args, name, source)
+            n = predict_stream(
+                predictor,
+                read_records(lines, fmt),
+                lambda r: print(json.dumps(r), file=sink),
+                args.batch_size,
+                bar.update,
+            )
+        except DataError as e:
+            raise DataError(f"{name}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}: not UTF-8 text ({e.reason})") from None
+        if out_path:
+            sink.close()
+            os.replace(sink.name, out_path)
+    print(f"predicted {n} records" + (f" -> {out_path}" if out_path else ""), file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """One question, or a file of them; every argument mistake is refused before the model loads,
+    which can take a while."""
+    from medqa.errors import DataError
+
+    single = args.question is not None or args.context is not None
+    if single == (args.input is not None):
+        raise DataError("give either --question and --context, or --input FILE (- for stdin)")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.decoding is not None and args.model.startswith(REGISTRY_PREFIXES):
+        raise DataError(
+            "--decoding is for a model folder; a registered model carries its own decoding.json"
+        )
+    if not single:
+        _check_batch_paths(args)
+    predictor = _load_predictor(args.model, args.decoding, args.precision)
+    if not single:
+        _predict_file(predictor, args)
+        return
+    result = predictor.predict([{"question": args.question, "context": args.context}])[0]
+    if args.json:
+        print(json.dumps(result))
+    elif result["abstained"]:
+        print(f"no answer (score {result['score']:.3f})")
+    else:
+        print(
+            f"answer: {result['answer']}\nscore: {result['score']:.3f}\n"
+            f"offsets: {result['start']}-{result['end']}"
+        )
+
+
+def add_parsers(sub: Subparsers) -> None:
+    """Register predict on ``medqa``'s subparsers: the model, then single mode's or batch mode's
+    options."""
+    s = sub.add_parser(
+        "predict",
+        help="answer questions with a saved or registered model: one, or a file of them",
+        description="Single mode: --question and --context. Batch mode: --input, a JSONL or CSV "
+        "file (or - for stdin) with question, context and optional id; read in a "
+        "stream, predicted in batches, written as JSONL (id, answer, score, start, end, "
+        "abstained). A result's id is the record's id, else its line number. A bad "
+        "record stops the run naming its line (exit 2).",
+    )
+    s.add_argument(
+        "--model",
+        required=True,
+        help="models:/<name>@<alias>, models:/<name>/<version>, or a folder",
+    )
+    s.add_argument(
+        "--decoding",
+        type=Path,
+        help="decoding.json to use with a model folder (a training checkpoint has none: use "
+        "reports/decoding.json)",
+    )
+    precision_option(s, "the one its test F1 was measured at")
+    s.add_argument("--question")
+    s.add_argument("--context")
+    s.add_argument("--json", action="store_true", help="single mode: print the result as JSON")
+    s.add_argument("--input", help="batch mode: JSONL or CSV file, or - for stdin")
+    s.add_argument(
+        "--format",
+        choices=["auto", "jsonl", "csv"],
+        default="auto",
+        help="input format (auto: csv for a .csv file, jsonl for .jsonl/.json/.ndjson; "
+        "otherwise, as for stdin, jsonl when the first line is a JSON object, else csv)",
+    )
+    s.add_argument(
+        "--output",
+        help="batch mode: JSONL results file, not the input file nor a folder; its folder is "
+        "created if missing (default: stdout)",
+    )
+    s.add_argument("--batch-size", type=int, default=32, help="records per model call (default 32)")
+    s.set_defaults(func=cmd_predict)
