@@ -3,7 +3,7 @@ cached run of the Prefect flow (pipeline/flows.py).
 
 A no-op is only a no-op where dvc.lock matches the working tree. When the project's does not (or the
 project is being edited), a tiny copy of the project is built with the tests' own builder
-(tests/conftest.py make_tiny_project) and a 2-layer model, reproduced once, and timed from then on.
+(tests/helpers.py make_tiny_project) and a 2-layer model, reproduced once, and timed from then on.
 The Prefect flow runs against a temporary Prefect server on 127.0.0.1, as the tests run it.
 """
 
@@ -59,7 +59,7 @@ def build_tiny_project(dest: Path, env: dict[str, str]) -> Path:
     from medqa.modelsource import load_tokenizer
 
     spec = importlib.util.spec_from_file_location(
-        "medqa_tests_conftest", ROOT / "tests" / "conftest.py"
+        "medqa_tests_helpers", ROOT / "tests" / "helpers.py"
     )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)

@@ -28,7 +28,7 @@ def section(b: Bench) -> list[Row]:
     else:
         project = b.isolated(build_tiny_project, b.scratch / "tiny-project", env)
         where = (
-            "a tiny copy of the project (tests/conftest.py make_tiny_project: 2-layer model, 8 passages), "
+            "a tiny copy of the project (tests/helpers.py make_tiny_project: 2-layer model, 8 passages), "
             "reproduced once first, because this project's dvc.lock is not up to date"
         )
     noop = time_noop_repro(project, env, p.orchestration_repeats)

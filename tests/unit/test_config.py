@@ -1,14 +1,12 @@
 import shutil
-from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
 from medqa.config import Params, check_overrides, load_params, load_yaml, parse_params
 from medqa.errors import ConfigError
 from medqa.overlay import main as overlay_main
 from medqa.overlay import overlay_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_code_defaults_are_the_shipped_params():

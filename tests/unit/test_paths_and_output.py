@@ -11,12 +11,11 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
+from helpers import ROOT
 from medqa import cli
 from medqa.config import PathParams, load_params
 from medqa.errors import ConfigError
 from medqa.reports import registration_lines, score_lines
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_stage_output_and_data_dep_comes_from_the_paths_group():

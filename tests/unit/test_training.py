@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from helpers import ROOT, free_port
+
 pytestmark = pytest.mark.slow  # subprocess trainings, kills, torchrun
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Runs `medqa train` in a child process that SIGKILLs itself right after optimizer step KILL_AT:
 # the kill lands mid-epoch, after the step-based checkpoint before it, with no chance to clean up.
@@ -335,12 +335,6 @@ def test_checkpoints_of_another_configuration_are_not_resumed(workspace):
         str(state / "checkpoint-3"),
         {"fingerprint": "same", "mlflow_run_id": "x"},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(workspace, tiny_model_dir):

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
 from medqa.config import check_overrides, load_yaml
 from medqa.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import tiny_squad_slice
+from helpers import distinct_copy, tiny_squad_slice, write_tiny_splits
 from medqa.adhoc_eval import default_reports_dir
 from medqa.cli import main
 from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
@@ -38,10 +38,7 @@ def project(tmp_path_factory, tiny_model_dir):
     # a project (dvc.yaml beside params.yaml), so its registry is its own ./mlruns
     (proj / "dvc.yaml").write_text("stages: {}\n")
     (proj / "params.yaml").write_text("evaluate:\n  bootstrap_samples: 50\n")
-    raw = proj / "raw"
-    raw.mkdir()
-    for split, n in (("train", 1), ("dev", 2), ("test", 2)):
-        (raw / f"{split}.json").write_text(json.dumps(tiny_squad_slice(split, n)), encoding="utf-8")
+    raw = write_tiny_splits(proj / "raw", train=1)
     validate_records(
         raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json", ValidateParams()
     )
@@ -82,18 +79,6 @@ def _register(proj: Path, ckpt: Path, metrics: Path, min_f1: float = 0.0) -> dic
         RegisterParams(NAME, min_f1),
         batch_size=8,
     )
-
-
-def _perturbed_copy(src: Path, dst: Path, delta: float) -> Path:
-    """A copy of checkpoint ``src`` whose QA head bias is shifted by ``delta``: other weights, so
-    another checkpoint for the registry, with nearly the same answers."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dst)
-    tensors = load_file(dst / "model.safetensors")
-    tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + delta
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    return dst
 
 
 def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
@@ -154,7 +139,7 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     client.set_model_version_tag(NAME, "1", "test_f1", "0.0")
     worse = proj / "worse-metrics.json"
     worse.write_text(json.dumps(json.loads(metrics.read_text()) | {"f1": first["f1"] / 2}))
-    cand = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt2", 1e-4), worse)
+    cand = _register(proj, distinct_copy(proj / "checkpoint", proj / "ckpt2", 1e-4), worse)
     assert cand["version"] == "2" and not cand["promoted"]
     assert (
         "below champion v1's" in cand["reason"]
@@ -217,7 +202,7 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
     broken = client.create_model_version(NAME, source=str(empty))
     client.set_registered_model_alias(NAME, "champion", broken.version)
     try:
-        third = _register(proj, _perturbed_copy(proj / "checkpoint", proj / "ckpt3", 2e-4), metrics)
+        third = _register(proj, distinct_copy(proj / "checkpoint", proj / "ckpt3", 2e-4), metrics)
         assert (
             not third["promoted"]
             and f"models:/{NAME}/{broken.version} could not be scored" in third["reason"]

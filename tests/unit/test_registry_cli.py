@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,12 +16,21 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from helpers import (
+    DECODING,
+    distinct_copy,
+    environ_without,
+    free_port,
+    inside_project,
+    register_version,
+    start_server,
+    stop_group,
+    wait_until_up,
+)
 from medqa.champion import HISTORY_TAG
 from medqa.cli import main
-from medqa.config import RegisterParams
 from medqa.errors import ModelError
 from medqa.predictor import MAX_CONTEXT_CHARS, QAPredictor
-from medqa.registry import register_model
 
 pytestmark = pytest.mark.slow  # trains tiny models, a real MLflow store and server
 
@@ -39,23 +44,14 @@ RECORDS = [
     {"id": "q2", "question": "What treats geographic atrophy?", "context": CONTEXT},
     {"question": "How many loading doses?", "context": CONTEXT},
 ]
-DECODING = {
-    "n_best": 20,
-    "max_answer_length": 30,
-    "null_threshold": -1e9,
-    "max_seq_length": 128,
-    "doc_stride": 48,
-}
 
 
 def _clean_env() -> dict[str, str]:
     """The environment without MLflow settings, so every process finds the registry under ./mlruns."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "HF_HUB_OFFLINE": "1"
-    }
+    return environ_without("MLFLOW_") | {"HF_HUB_OFFLINE": "1"}
 
 
-# The gate scores the champion on these rows: a model that never abstains (null_threshold -1e9 above)
+# The gate scores the champion on these rows: a model that never abstains (DECODING: null_threshold -1e9)
 # answers "zinc" to both, right on the first and wrong on the unanswerable second: F1 0.5 for any of
 # the fixture's checkpoints, so the claimed F1s .5/.6/.4 make v2 champion and leave v3 below it.
 GATE_ROWS = [
@@ -72,25 +68,16 @@ GATE_ROWS = [
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     """A project folder whose registry holds v1 (F1 .5), v2 (.6) and v3 (.4); the gate made v2 champion."""
-    from safetensors.torch import load_file, save_file
+    from medqa.tracking import configure_tracking
 
     proj = tmp_path_factory.mktemp("proj")
     (proj / "dvc.yaml").write_text("stages: {}\n")  # a project: the CLI finds its ./mlruns
     (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
     (proj / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GATE_ROWS))
-    saved_cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(proj)
-    try:
+    with inside_project(proj):
         for i, f1 in enumerate((0.5, 0.6, 0.4), start=1):
-            ckpt = proj / f"ckpt{i}"
-            shutil.copytree(tiny_model_dir, ckpt)
-            tensors = load_file(
-                ckpt / "model.safetensors"
-            )  # three checkpoints, not one registered thrice
-            tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + 1e-4 * i
-            save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
-            from medqa.tracking import configure_tracking
-
+            # three checkpoints, not one registered thrice
+            ckpt = distinct_copy(tiny_model_dir, proj / f"ckpt{i}", 1e-4 * i)
             configure_tracking()
             with mlflow.start_run() as run:
                 mlflow.log_params({"learning_rate": 1e-3, "epochs": 2, "base_model": "tiny"})
@@ -118,33 +105,10 @@ def project(tmp_path_factory, tiny_model_dir):
                 )
             )
             (proj / "decoding.json").write_text(json.dumps(DECODING))
-            (ckpt / "decoding.json").write_text(
-                json.dumps(DECODING)
-            )  # lets the folder be used directly
-            (proj / "metrics.json").write_text(
-                json.dumps(
-                    {
-                        "f1": f1,
-                        "exact": f1 / 2,
-                        "baselines_f1": {"lexical_window": 0.1},
-                        "best_baseline": "lexical_window",
-                    }
-                )
-            )
-            register_model(
-                ckpt,
-                proj / "metrics.json",
-                proj / "decoding.json",
-                proj / "test.jsonl",
-                proj / f"registration{i}.json",
-                RegisterParams(NAME, 0.0),
-            )
+            # lets the folder be used directly
+            (ckpt / "decoding.json").write_text(json.dumps(DECODING))
+            register_version(proj, ckpt, NAME, f1, f1 / 2, f"registration{i}.json")
         yield proj
-    finally:
-        mlflow.set_tracking_uri(None)
-        os.chdir(saved_cwd)
-        if saved_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
 
 
 def client() -> MlflowClient:
@@ -169,7 +133,7 @@ def test_versions_carry_lineage_tags(in_project):
     assert json.loads(mv.tags["params"])["learning_rate"] == "0.001"
     assert mv.tags["device"] == "cpu, x86_64, x86_64, fp32"
     assert mv.tags["tracking_uri"].startswith("sqlite:///") and run_id in mv.tags["run_link"]
-    # no server to link to: how to open the run in a local UI (tests/test_team_*.py: the server)
+    # no server to link to: how to open the run in a local UI (integration/test_team_setup.py: a server)
     assert f"mlflow ui --backend-store-uri {mv.tags['tracking_uri']}" in mv.tags["run_link"]
     assert {"test_f1", "test_em", "backend", "base_model", "best_baseline_f1"} <= set(mv.tags)
 
@@ -261,7 +225,16 @@ def test_batch_predict_jsonl_csv_stdin_agree(in_project):
     from_jsonl = _read_jsonl((proj / "out.jsonl").read_text())
     assert [r["id"] for r in from_jsonl] == ["q1", "q2", 3]  # no id: the line number
     for res, rec in zip(from_jsonl, RECORDS):
-        assert set(res) == {"id", "answer", "score", "start", "end", "abstained"}
+        assert set(res) == {
+            "id",
+            "answer",
+            "score",
+            "confidence",
+            "start",
+            "end",
+            "abstained",
+            "reason",
+        }
         assert not res["abstained"] and rec["context"][res["start"] : res["end"]] == res["answer"]
 
     from_csv = _read_jsonl(_predict_file(proj, "--input", "in.csv").stdout)
@@ -359,12 +332,6 @@ def test_pickle_weights_are_refused(tmp_path, tiny_model_dir, capsys):
     assert "cannot load the model" in err and "model.safetensors" in err and "Traceback" not in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, records: list[dict]) -> tuple[int, dict]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
@@ -380,35 +347,17 @@ def _post(port: int, records: list[dict]) -> tuple[int, dict]:
 
 
 def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
-    proj, port = in_project, _free_port()
+    proj, port = in_project, free_port()
     expected = _read_jsonl(
         _predict_file(
             proj, "--input", "-", stdin="".join(json.dumps(r) + "\n" for r in RECORDS)
         ).stdout
     )
     log = proj / "serve.log"
-    with open(
-        log, "wb"
-    ) as fh:  # a file, not a pipe: a chatty server must never block on a full pipe
-        server = subprocess.Popen(
-            [sys.executable, "-m", "medqa", "serve", "--port", str(port)],
-            cwd=proj,
-            env=_clean_env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    cmd = [sys.executable, "-m", "medqa", "serve", "--port", str(port)]
+    server = start_server(cmd, log, _clean_env(), cwd=proj)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "server did not answer /ping within 120 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
 
         status, body = _post(port, [{k: r[k] for k in ("question", "context")} for r in RECORDS])
         assert status == 200
@@ -441,9 +390,4 @@ def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
             assert 400 <= status < 500, (records[-1].keys(), status, body)
             assert message in body["message"], body["message"][-500:]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_tiny_project
+from helpers import make_tiny_project, project_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,19 +52,13 @@ def test_a_hub_name_runs_the_pipeline_offline_from_the_local_cache(tmp_path, tin
     snapshot = put_in_hub_cache(tiny_model_dir, cache, HUB_NAME, COMMIT)
     assert (snapshot / "model.safetensors").is_symlink()
     cached = sorted(p.relative_to(cache) for p in cache.rglob("*"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HF_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+    env = project_env(
+        "HF_",
         HF_HOME=str(tmp_path / "hf-home"),
         HF_HUB_CACHE=str(cache),
-        HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         HF_ENDPOINT="http://127.0.0.1:9",
         OMP_NUM_THREADS="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
     )
     proj = make_tiny_project(tmp_path / "proj", tiny_model_dir, env)
     params = yaml.safe_load((proj / "params.yaml").read_text())

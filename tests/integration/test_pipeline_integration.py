@@ -3,38 +3,21 @@ and a registry look-up by alias from a new process."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import make_tiny_project
+from helpers import make_tiny_project, project_env, sh
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-
-
-def sh(cmd, cwd, env):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
 
 
 @pytest.fixture()
 def project(tmp_path, tiny_model_dir):
     """A throwaway copy of the project wired to the tiny model and data, and its environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(
-        HF_HUB_OFFLINE="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
-    )
+    env = project_env()
     return make_tiny_project(tmp_path / "proj", tiny_model_dir, env), env
 
 
@@ -147,6 +130,45 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(result) == {"answer", "score", "start", "end", "abstained"}
+    assert set(result) == {"answer", "score", "confidence", "start", "end", "abstained", "reason"}
     if not result["abstained"]:
         assert context[result["start"] : result["end"]] == result["answer"]
+
+    # evaluate's predictions.jsonl, the version and `medqa predict` give the same confidence and
+    # decision for the same test question (to float precision: the windows are batched differently)
+    row = json.loads((proj / "data" / "validated" / "test.jsonl").read_text().splitlines()[0])
+    reported = next(
+        r
+        for r in map(json.loads, (proj / "reports" / "predictions.jsonl").read_text().splitlines())
+        if r["id"] == row["id"]
+    )
+    predict = ["predict", "--model", "models:/tiny-qa@champion", "--json"]
+    question = ["--question", row["question"], "--context", row["context"]]
+    res = subprocess.run(
+        [sys.executable, "-m", "medqa", *predict, *question],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    served = json.loads(res.stdout.strip().splitlines()[-1])
+    assert served["confidence"] == pytest.approx(reported["confidence"], rel=1e-5)
+    assert served["answer"] == reported["policy_answer"]
+    assert served["reason"] == reported["policy_reason"]
+    calibration = json.loads((proj / "reports" / "metrics.json").read_text())["calibration"]
+    assert calibration["right_means"].startswith("exact match") and "ece_ci95" in calibration
+    for plot in ("reliability.png", "risk_coverage.png"):
+        assert (proj / "reports" / plot).read_bytes().startswith(b"\x89PNG")
+    card = subprocess.run(
+        [sys.executable, "-m", "medqa", "models", "--card", "champion"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert card.startswith("# tiny-qa v") and "Not medical advice" in card
+    assert card == (proj / "reports" / "model_card.md").read_text()

@@ -1,13 +1,11 @@
 """prefect.yaml as a team runs it, against a real Prefect server on 127.0.0.1: a process work pool,
 `prefect deploy`, a worker started in a checkout, `prefect deployment run --watch`; the commands in
-the order docs/team.md gives them. The project is the tiny one of tests/conftest.py."""
+the order docs/team.md gives them. The project is the tiny one of tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import make_tiny_project
-from test_prefect_flow import STAGES, free_port, stop, wait_for
+from helpers import ROOT, STAGES, make_tiny_project, prefect_server, project_env, stop
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
@@ -27,18 +23,13 @@ def team_env(tmp_path: Path) -> dict[str, str]:
     """A fresh PREFECT_HOME, this venv first on PATH, no MLflow variables from outside, a git
     identity, a worker that polls every second instead of every ten, and a console wide enough
     that the CLI's lines are not wrapped."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    return env | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "COLUMNS": "250",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    return project_env(
+        "PREFECT_",
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        COLUMNS="250",
+    )
 
 
 @pytest.fixture()
@@ -56,29 +47,12 @@ def checkout(tmp_path: Path, tiny_model_dir: Path, team_env: dict[str, str]) -> 
 def server(tmp_path: Path, team_env: dict[str, str]) -> Iterator[str]:
     """`prefect server start` on a free loopback port, streaming flow-run logs out (so that
     `--watch` prints them); yields its API URL, stops it after."""
-    port = free_port()
     logs_out = {
         "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
         "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
     }
-    api = f"http://127.0.0.1:{port}/api"
-    with (tmp_path / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=team_env | logs_out,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_for(
-                lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200,
-                120,
-                "the server's /api/health",
-            )
-            yield api
-        finally:
-            stop(proc)
+    with prefect_server(team_env | logs_out, tmp_path / "server.log") as (api, _):
+        yield api
 
 
 def prefect(*args: str, env: dict[str, str], cwd: Path, timeout_s: float = 300) -> str:

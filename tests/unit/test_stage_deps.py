@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import ROOT
 from medqa import provenance
 from medqa.provenance import (
     STAGE_COMMANDS,
@@ -19,8 +19,6 @@ from medqa.provenance import (
     sources_digest,
     stage_sources,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def dvc_stages() -> dict:

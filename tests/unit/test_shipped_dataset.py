@@ -6,10 +6,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from helpers import ROOT
 from medqa.config import ValidateParams
 from medqa.validate import validate_records
 
-ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw" / "amd_qa"
 
 

@@ -52,6 +52,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING
 
+from helpers import ROOT, SHIPPED
 from medqa.cli import main
 from medqa.config import (
     DecodeParams,
@@ -74,7 +75,6 @@ from medqa.training import fine_tune
 
 pytestmark = pytest.mark.slow  # nine tiny model families trained end to end
 
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "raw" / "amd_qa"
 WINDOWS = TokenizeParams(max_seq_length=128, doc_stride=32)
 DECODE = DecodeParams(n_best=20, max_answer_length=30)
 VOCAB = 2000
@@ -424,7 +424,7 @@ def stage_params(base: Path, name: str, family: Family) -> Params:
     The same questions are train, dev and test, so the threshold tuned on dev and the test score
     measure memorisation: enough to tell a model that learns through the stages from one that
     cannot (labels off by a token, windows that lose the answer). Dropout stays at each family's
-    default; the head gets the encoder's rate (tests/test_optim.py checks the head's own rate).
+    default; the head gets the encoder's rate (tests/unit/test_optim.py checks the head's own rate).
     """
     raw = {
         "base_model": str(base),
@@ -590,7 +590,7 @@ def test_decoded_answer_has_no_leading_space_with_spaced_offsets(rows, tmp_path)
 def test_the_models_page_lists_the_matrix_and_its_snippets_load():
     """docs/models.md shows what this module runs: a row per family with the attention it gets and
     whether layer decay applies, and every params.yaml snippet is accepted by medqa.config."""
-    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
     table = {
         cells[0].strip("` "): [c.strip() for c in cells[1:]]
         for line in page.splitlines()

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from helpers import DECODING, distinct_copy
 from medqa.cli import main
 from medqa.tracking import configure_tracking, reroot_local_store
 
@@ -32,13 +33,6 @@ ROWS = [
     },
     {"id": "t2", "question": "Which dose of zinc?", "context": CONTEXT, "answers": []},
 ]
-DECODING = {
-    "n_best": 20,
-    "max_answer_length": 30,
-    "null_threshold": -1e9,
-    "max_seq_length": 128,
-    "doc_stride": 48,
-}
 
 
 def _training_run(params: dict[str, object]) -> str:
@@ -52,13 +46,7 @@ def _training_run(params: dict[str, object]) -> str:
 def _checkpoint(proj: Path, tiny_model_dir: Path, name: str, bias: float) -> Path:
     """A copy of the tiny model with its own weights (so its content hash is new) and a finished
     training run of its own in the project's store."""
-    from safetensors.torch import load_file, save_file
-
-    ckpt = proj / "models" / name
-    shutil.copytree(tiny_model_dir, ckpt)
-    tensors = load_file(ckpt / "model.safetensors")
-    tensors["qa_outputs.bias"] = tensors["qa_outputs.bias"] + bias
-    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    ckpt = distinct_copy(tiny_model_dir, proj / "models" / name, bias)
     configure_tracking(proj)
     run_id = _training_run({"learning_rate": 1e-3, "bias": bias})
     mlflow.set_tracking_uri(None)
@@ -186,7 +174,15 @@ def test_a_moved_project_uses_its_own_artifacts(
     assert main(["promote", "2"]) == 0
     for model in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
         result = _predict(capsys, model)
-        assert set(result) == {"answer", "score", "start", "end", "abstained"}
+        assert set(result) == {
+            "answer",
+            "score",
+            "confidence",
+            "start",
+            "end",
+            "abstained",
+            "reason",
+        }
     assert not original.exists()  # nothing was written back where it used to live
     assert list((moved / "mlruns" / "artifacts" / "models").iterdir())  # both versions' models
     store = MlflowClient(f"sqlite:///{moved}/mlruns/mlflow.db")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

@@ -5,18 +5,16 @@ exactly as with ``repair: false``.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import DATA, make_tiny_project, project_env
 from medqa.config import ValidateParams
 from medqa.errors import DataError
 from medqa.fileio import read_jsonl
 from medqa.validate import validate_eval_file, validate_records
 
-FIXTURE = (
-    Path(__file__).parent / "data" / "amd_repairs"
-)  # SQuAD v2 train/dev/test with repairable faults
+FIXTURE = DATA / "amd_repairs"  # SQuAD v2 train/dev/test with repairable faults
 P1 = (
     "Age-related macular degeneration (AMD) affects the macula, the central part of the retina. "
     "It blurs central vision, while peripheral vision is usually preserved. AMD is a leading cause "
@@ -307,19 +305,13 @@ def test_the_pipeline_trains_on_the_fixture_and_a_failed_validate_keeps_the_last
     can save (on_invalid: drop), every row accounted for; then a validate that fails on broken
     data leaves the reports of the last good run in place (DVC deletes non-persistent outputs
     before a run)."""
-    import os
     import shutil
     import subprocess
     import sys
 
     import yaml
 
-    from conftest import make_tiny_project
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
-    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = project_env()
     proj = make_tiny_project(tmp_path / "proj", tiny_model_dir, env)
     raw = proj / "data" / "raw" / "amd_qa"
     shutil.rmtree(raw)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import FIXTURES
 from medqa.config import ValidateParams, parse_params
 from medqa.errors import DataError
 from medqa.readers import read_qa_records
@@ -205,8 +206,6 @@ def test_split_by_context_is_deterministic():
 
 
 # --- more formats: several gold answers, integer ids, Hugging Face datasets, flat `answers` column ---
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def read_out(tmp_path, split):

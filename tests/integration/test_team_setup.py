@@ -6,23 +6,28 @@ and a REST server from a folder outside any project, and a DVC remote on S3-comp
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import make_tiny_project, tiny_squad_slice
+from helpers import (
+    environ_without,
+    free_port,
+    make_tiny_project,
+    project_env,
+    sh,
+    start_server,
+    stop_group,
+    wait_until_up,
+    write_tiny_splits,
+)
 from medqa.cli import main
 from medqa.tracking import LOCATION_COLUMNS, folder_digest
 
@@ -34,56 +39,15 @@ CONTEXT = "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after
 OUTS = ("data/validated", "data/features", "models/checkpoint")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A server process in its own session, its output in a file (a full pipe would block it)."""
-    with open(log, "wb") as fh:
-        return subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s"
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def _env(tracking_uri: str) -> dict[str, str]:
     """A team member's shell: the tracking server, S3 credentials, no other MLflow setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    return env | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "HF_HUB_OFFLINE": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    return project_env(
+        "AWS_",
+        MLFLOW_TRACKING_URI=tracking_uri,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
 
 
 def _s3(url: str) -> Any:
@@ -99,12 +63,6 @@ def _s3(url: str) -> Any:
     )
 
 
-def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
-
-
 DVC = [sys.executable, "-m", "dvc"]
 
 
@@ -112,10 +70,10 @@ DVC = [sys.executable, "-m", "dvc"]
 def team(tmp_path_factory, tiny_model_dir) -> Iterator[dict]:
     """Both servers, and a tiny project whose `dvc repro` ran against the tracking server."""
     base = tmp_path_factory.mktemp("team")
-    server_dir, mlflow_port, s3_port = base / "mlflow-server", _free_port(), _free_port()
+    server_dir, mlflow_port, s3_port = base / "mlflow-server", free_port(), free_port()
     server_dir.mkdir()
-    plain = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    tracking = _start(
+    plain = environ_without("MLFLOW_")
+    tracking = start_server(
         [
             *(sys.executable, "-m", "mlflow", "server"),
             *("--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}"),
@@ -125,35 +83,32 @@ def team(tmp_path_factory, tiny_model_dir) -> Iterator[dict]:
         base / "mlflow-server.log",
         plain,
     )
-    s3 = _start(
+    s3 = start_server(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
         base / "s3.log",
         plain,
     )
     try:
         url, s3_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{s3_port}"
-        _wait(f"{s3_url}/", s3, base / "s3.log")
-        _wait(f"{url}/health", tracking, base / "mlflow-server.log")
+        wait_until_up(f"{s3_url}/", s3, base / "s3.log", seconds=300, interval=1)
+        wait_until_up(
+            f"{url}/health", tracking, base / "mlflow-server.log", seconds=300, interval=1
+        )
         _s3(s3_url).create_bucket(Bucket=BUCKET)
         env = _env(url)
         proj = make_tiny_project(base / "alice", tiny_model_dir, env)
         params = yaml.safe_load((proj / "params.yaml").read_text())
         params["train"]["epochs"] = 1
         (proj / "params.yaml").write_text(yaml.safe_dump(params))
-        for split in (
-            "train",
-            "dev",
-            "test",
-        ):  # one passage each: the setup, not the model, is tested
-            raw = proj / "data" / "raw" / "amd_qa" / f"{split}.json"
-            raw.write_text(json.dumps(tiny_squad_slice(split, 1)), encoding="utf-8")
+        # one passage each: the setup, not the model, is tested
+        write_tiny_splits(proj / "data" / "raw" / "amd_qa", train=1, dev=1, test=1)
         sh(["git", "commit", "-qam", "one passage per split, one epoch"], proj, env)
         out = sh([*DVC, "repro"], proj, env)
         assert "Running stage 'register'" in out
         yield {"url": url, "s3": s3_url, "server_dir": server_dir, "proj": proj, "env": env}
     finally:
-        _stop(tracking)
-        _stop(s3)
+        stop_group(tracking)
+        stop_group(s3)
 
 
 def test_runs_models_and_artifacts_live_on_the_server(team):
@@ -198,19 +153,11 @@ def test_lookups_and_serving_from_outside_any_project(team, tmp_path, monkeypatc
     assert main(["predict", "--model", f"models:/{NAME}@champion", "--json", *question]) == 0
     predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     serve = [sys.executable, "-m", "medqa", "serve", "--name", NAME, "--port", str(port)]
-    with open(log, "wb") as fh:
-        server = subprocess.Popen(
-            serve,
-            cwd=elsewhere,
-            env=team["env"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = start_server(serve, log, team["env"], cwd=elsewhere)
     try:
-        _wait(f"http://127.0.0.1:{port}/ping", server, log)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, seconds=300, interval=1)
         record = {"question": question[1], "context": CONTEXT}
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
@@ -221,7 +168,7 @@ def test_lookups_and_serving_from_outside_any_project(team, tmp_path, monkeypatc
             served = json.loads(resp.read())["predictions"][0]
         assert (served["answer"], served["start"]) == (predicted["answer"], predicted["start"])
     finally:
-        _stop(server)
+        stop_group(server)
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # no store was created here
 
 

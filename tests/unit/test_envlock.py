@@ -7,11 +7,9 @@ import shutil
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
+from helpers import ROOT
 from medqa.envlock import EXPORT_FILE, LOCK_FILE, Drift, drift, lock_digest, locked_versions
-
-ROOT = Path(__file__).resolve().parents[1]
 
 EXPORT = """\
 accelerate==1.15.0 ; python_full_version < '3.0' \\

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from helpers import ROOT
 from medqa.device import DeviceInfo, cpu_bf16_features, detect_device, explain_precision
 from medqa.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = DeviceInfo("cpu", "cpu", "x86_64", "x86_64", False)
 
 

@@ -9,24 +9,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from conftest import make_tiny_project
+from helpers import (
+    ROOT,
+    STAGES,
+    git_dvc_init,
+    make_tiny_project,
+    prefect_server,
+    project_env,
+    start_server,
+    stop,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "tokenize", "train", "evaluate", "register")
-T = TypeVar("T")
 pytestmark = pytest.mark.integration
 
 
@@ -34,16 +39,15 @@ pytestmark = pytest.mark.integration
 def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """This file's environment: its own PREFECT_HOME, no telemetry, this venv's `medqa` first on PATH,
     no MLflow variables from outside (each project keeps its own mlruns/), a git identity."""
+    env = project_env(
+        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-            mp.setenv(key, "t")
-        for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-            mp.setenv(key, "t@t")
-        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        for key in set(os.environ) - set(env):
             mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
         yield dict(os.environ)
 
 
@@ -318,15 +322,7 @@ def make_toy_project(dest: Path) -> Path:
     (dest / "dvc.yaml").write_text(TOY_DVC_YAML)
     (dest / "prepare.py").write_text(TOY_PREPARE)
     (dest / "report.py").write_text(TOY_REPORT)
-    for cmd in (
-        ["git", "init", "-q"],
-        [sys.executable, "-m", "dvc", "init", "-q"],
-        [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "init"],
-    ):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, timeout=120)
-    return dest
+    return git_dvc_init(dest)
 
 
 @pytest.fixture()
@@ -403,59 +399,12 @@ def test_a_stage_failing_in_an_experiment_fails_its_task_and_the_run_with_its_er
     assert flow_run_name(run_id) not in experiments(toy)
 
 
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if found := probe():
-                return found
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """SIGTERM, then SIGKILL to the process group this test started if it does not exit in time."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
     project, prefect_env, tmp_path
 ):
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = dict(prefect_env, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api)
-    server_log = (tmp_path / "server.log").open("wb")
-    serve_log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(
-            lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200,
-            120,
-            "the server's /api/health",
-        )
-        serve = subprocess.Popen(
+    env = dict(prefect_env, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    with prefect_server(env, tmp_path / "server.log") as (api, server):
+        serve = start_server(
             [
                 sys.executable,
                 "-m",
@@ -469,11 +418,9 @@ def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
                 "--retries",
                 "0",
             ],
+            tmp_path / "serve.log",
+            env | {"PREFECT_API_URL": api},
             cwd=ROOT,
-            env=env,
-            stdout=serve_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         try:
 
@@ -503,10 +450,7 @@ def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
                 )
 
             done = wait_for(finished, 300, "the triggered flow run")
-            assert done["state_type"] == "COMPLETED", (
-                serve_log.flush(),
-                (tmp_path / "serve.log").read_text()[-3000:],
-            )
+            assert done["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
             print(f"served flow run: {done['total_run_time']:.1f} s")
             artifacts = httpx.post(
                 f"{api}/artifacts/filter",
@@ -516,8 +460,4 @@ def test_served_deployment_has_its_cron_schedule_and_runs_when_triggered(
             assert len(artifacts) == 1 and "| register |" in artifacts[0]["data"]
         finally:
             stop(serve)  # before the server: serve pauses its deployment on the way out
-    finally:
-        stop(server)
-        server_log.close()
-        serve_log.close()
     assert serve.returncode is not None and server.returncode is not None

@@ -9,17 +9,11 @@ import shutil
 
 import pytest
 
+from helpers import DECODING
 from medqa.cli import main
 from medqa.errors import ConfigError
 from medqa.predictor import load_saved_model
 
-DECODING = {
-    "n_best": 20,
-    "max_answer_length": 30,
-    "null_threshold": -1e9,
-    "max_seq_length": 128,
-    "doc_stride": 48,
-}
 CONTEXT = "The AREDS2 formula contains zinc 80 mg and copper 2 mg."
 
 

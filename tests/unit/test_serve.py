@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,11 +19,18 @@ import mlflow
 import pytest
 import torch
 
-from medqa.config import RegisterParams
+from helpers import (
+    DECODING,
+    environ_without,
+    free_port,
+    inside_project,
+    register_version,
+    start_server,
+    wait_until_up,
+)
 from medqa.device import choose_precision, precision_context
 from medqa.errors import ConfigError
 from medqa.predictor import PredictionStopped, QAPredictor
-from medqa.registry import register_model
 
 pytestmark = pytest.mark.slow  # real servers and tiny registered models
 
@@ -34,14 +39,7 @@ CONTEXT = (
     "Photodynamic therapy with verteporfin was used for classic choroidal neovascularisation before "
     "anti-VEGF injections. Dry AMD has no approved treatment that restores lost vision."
 )
-SETTINGS = {
-    "n_best": 20,
-    "max_answer_length": 30,
-    "null_threshold": -1e9,  # never abstain: every record gets a span
-    "max_seq_length": 128,
-    "doc_stride": 48,
-    "precision": "bf16",
-}
+SETTINGS = DECODING | {"precision": "bf16"}  # DECODING never abstains: every record gets a span
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +53,7 @@ def project(tmp_path_factory, tiny_model_dir):
     (proj / "test.jsonl").write_text(
         json.dumps({"id": "t1", "question": "Which dye?", "context": CONTEXT, "answers": []}) + "\n"
     )
-    saved_cwd, saved_uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(proj)
-    try:
+    with inside_project(proj):
         ckpt = proj / "checkpoint"
         shutil.copytree(tiny_model_dir, ckpt)
         configure_tracking()
@@ -67,30 +63,8 @@ def project(tmp_path_factory, tiny_model_dir):
             json.dumps({"run_id": run.info.run_id, "backend": "cpu", "base_model": "tiny"})
         )
         (proj / "decoding.json").write_text(json.dumps(SETTINGS))
-        (proj / "metrics.json").write_text(
-            json.dumps(
-                {
-                    "f1": 0.5,
-                    "exact": 0.4,
-                    "baselines_f1": {"lexical_window": 0.1},
-                    "best_baseline": "lexical_window",
-                }
-            )
-        )
-        register_model(
-            ckpt,
-            proj / "metrics.json",
-            proj / "decoding.json",
-            proj / "test.jsonl",
-            proj / "registration.json",
-            RegisterParams(NAME, 0.0),
-        )
+        register_version(proj, ckpt, NAME, 0.5, 0.4, "registration.json")
         yield proj
-    finally:
-        mlflow.set_tracking_uri(None)
-        os.chdir(saved_cwd)
-        if saved_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
 
 
 def _record(i: int, context: str = CONTEXT) -> dict[str, str]:
@@ -248,12 +222,6 @@ def test_a_batch_request_is_one_batched_prediction_with_the_single_answers(clien
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _group_alive(pgid: int) -> list[str]:
     """Command lines of the processes still in process group ``pgid``."""
     alive = []
@@ -273,28 +241,13 @@ LIMITS_OFF = ("--max-records", "100000", "--max-chars", "100000000")
 
 @pytest.mark.integration
 def test_sigterm_during_a_long_request_stops_every_process_of_the_server(in_project):
-    proj, port = in_project, _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proj, port = in_project, free_port()
     log = proj / "serve.log"
-    with open(log, "wb") as fh:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "medqa", "serve", "--port", str(port), *LIMITS_OFF],
-            cwd=proj,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    cmd = [sys.executable, "-m", "medqa", "serve", "--port", str(port), *LIMITS_OFF]
+    server = start_server(cmd, log, environ_without("MLFLOW_"), cwd=proj)
     try:
-        started, deadline = time.monotonic(), time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no healthy /ping within 120 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        started = time.monotonic()
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, interval=0.2)
         cold_start = time.monotonic() - started
         # thousands of windows: far more work than the few seconds before the signal
         body = json.dumps({"dataframe_records": [_record(i, CONTEXT * 12) for i in range(1500)]})
