@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medqa.baselines import lexical_answer
+from medqa.calibration import calibration_report
 from medqa.config import EvaluateParams, ValidateParams
 from medqa.contracts import DECODING_FILE, REPAIRS_LOG, DecodingSettings
 from medqa.decoding import SpanDecision
@@ -176,8 +177,13 @@ def evaluate_model(
         max_seq_length=saved.tokenize.max_seq_length,
         doc_stride=saved.tokenize.doc_stride,
         precision=saved.precision,
+        calibration=saved.calibrator.to_json() if saved.calibrator else None,
     )
-    records = prediction_records(data.rows, preds, run.decisions)
+    if saved.calibrator is not None:  # how the recorded confidence holds on this data
+        report["calibration"] = calibration_report(
+            saved.calibrator, run.decisions, data.rows, saved.threshold, params.bootstrap_samples
+        )[0]
+    records = prediction_records(data.rows, run.decisions, saved.threshold, saved.calibrator)
     write_jsonl_atomic(Path(reports_dir) / REPAIRS_LOG, data.repairs)
     write_reports(Path(reports_dir), report, decoding, records, _split_label(split))
     return report

@@ -155,6 +155,9 @@ class EvaluateParams:
     # arithmetic of every model pass; the chosen one is recorded and the model served with it.
     # auto: bf16 on CPUs with avx512_bf16/AMX and GPUs with bf16, fp16 on other GPUs, else fp32
     precision: Precision = "auto"
+    # the answer policy: answer only above the confidence at which dev's answers reach this mean
+    # F1 (medqa.calibration); null: give every answer the abstention threshold lets through
+    target_f1: float | None = 0.8
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,10 @@ class RegisterParams:
 
     model_name: str = "medqa-amd-qa"
     min_f1: float = 0.3
+    # clinical criteria, off (null) by default: the most expected calibration error allowed on
+    # test, and the least share of test questions answered under the answer policy
+    max_ece: float | None = None
+    min_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,14 @@ def _check_key_ranges(params: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{f.name}: must be >= 0, got {value}")
 
 
+def _check_shares(params: Any, prefix: str) -> None:
+    """Optional shares (F1, ECE, coverage) must lie in [0, 1] when set."""
+    for name in ("target_f1", "max_ece", "min_coverage"):
+        value = getattr(params, name, None)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{prefix}.{name}: must be in [0, 1] or null, got {value}")
+
+
 def _check_ranges(params: Any, prefix: str) -> None:
     """Refuse values that would pass the type check but make a stage fail late or train wrongly."""
     _check_key_ranges(params, prefix)
@@ -313,6 +328,7 @@ def _check_ranges(params: Any, prefix: str) -> None:
                 raise ConfigError(
                     f"{prefix}.{name}: must be a non-empty path inside the project, got {value!r}"
                 )
+    _check_shares(params, prefix)
     # test F1 is a share in [0, 1]; a percentage (30) would refuse every model, silently
     if isinstance(params, RegisterParams) and not 0 <= params.min_f1 <= 1:
         raise ConfigError(

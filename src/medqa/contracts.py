@@ -23,6 +23,9 @@ ERRORS_REPORT = "errors.md"
 DECODING_FILE = "decoding.json"  # also beside the weights of a registered model
 TRAIN_CURVE = "train_curve.json"  # beside the weights, then completed by evaluate under reports/
 REGISTRATION_REPORT = "registration.json"
+RELIABILITY_PLOT = "reliability.png"  # calibrated confidence against the share right
+RISK_COVERAGE_PLOT = "risk_coverage.png"  # answered F1 against the share of questions answered
+MODEL_CARD = "model_card.md"  # with each registered version
 
 # --- beside the weights of a checkpoint -----------------------------------------------------------
 INFERENCE_CONFIG = "medqa.json"  # what prediction needs to match training (windows, base model)
@@ -60,6 +63,9 @@ class DecodingSettings:
     max_seq_length: int
     doc_stride: int
     precision: str | None = None  # None: not recorded (folders from before it was), scored in fp32
+    # the dev-fitted confidence calibrator and answer policy (medqa.calibration); None: none
+    # recorded (folders from before it was): raw scores, every answer given
+    calibration: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,4 +84,5 @@ class DecodingSettings:
             max_seq_length=int(data["max_seq_length"]),
             doc_stride=int(data["doc_stride"]),
             precision=precision,
+            calibration=data.get("calibration"),
         )

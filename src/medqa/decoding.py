@@ -33,6 +33,8 @@ class SpanDecision:
     best_score: float
     null_score: float
     answer_prob: float
+    # the second-best span's score (-inf when there is none): a close runner-up means doubt
+    runner_up_score: float = -math.inf
 
     @property
     def margin(self) -> float:
@@ -138,6 +140,7 @@ def decode_best_spans(
                 best_score,
                 null_score,
                 float(probs[1] / probs.sum()),
+                candidates[1][0] if len(candidates) > 1 else -math.inf,
             )
         )
     return decisions

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from medqa.calibration import Calibrator, decide
 from medqa.contracts import (
     DECODING_FILE,
     ERRORS_REPORT,
@@ -92,22 +93,34 @@ def error_report(
 
 
 def prediction_records(
-    rows: Sequence[dict[str, Any]], preds: Sequence[str], decisions: Sequence[SpanDecision]
+    rows: Sequence[dict[str, Any]],
+    decisions: Sequence[SpanDecision],
+    threshold: float,
+    calibrator: Calibrator | None,
 ) -> list[dict[str, Any]]:
-    """One predictions.jsonl line per question: the prediction, its score and margin, EM and F1."""
-    return [
-        {
-            "id": r["id"],
-            "question": r["question"],
-            "question_type": r.get("question_type"),
-            "gold_answers": gold_texts(r),
-            "prediction": p,
-            "score": d.answer_prob if p else 1 - d.answer_prob,
-            "margin": d.margin,
-            **dict(zip(("exact", "f1"), score_question(p, gold_texts(r)))),
-        }
-        for r, p, d in zip(rows, preds, decisions)
-    ]
+    """One predictions.jsonl line per question: the prediction at the abstention threshold (what
+    EM/F1 score), its raw score and margin, and what predict and serve would say under the answer
+    policy (the same ``calibration.decide``): the calibrated confidence, the answer or the reason
+    it is withheld."""
+    records = []
+    for r, d in zip(rows, decisions):
+        p, served = d.answer(threshold), decide(d, threshold, calibrator)
+        records.append(
+            {
+                "id": r["id"],
+                "question": r["question"],
+                "question_type": r.get("question_type"),
+                "gold_answers": gold_texts(r),
+                "prediction": p,
+                "score": d.answer_prob if p else 1 - d.answer_prob,
+                "margin": d.margin,
+                **dict(zip(("exact", "f1"), score_question(p, gold_texts(r)))),
+                "confidence": served["confidence"],
+                "policy_answer": served["answer"],
+                "policy_reason": served["reason"],
+            }
+        )
+    return records
 
 
 def write_reports(

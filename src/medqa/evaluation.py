@@ -25,8 +25,16 @@ from mlflow.entities import Metric, RunTag
 from transformers import PreTrainedModel
 
 from medqa.baselines import lexical_answer
+from medqa.calibration import Calibrator, calibration_report, fit_calibrator, risk_coverage
 from medqa.config import DecodeParams, EvaluateParams
-from medqa.contracts import INFERENCE_CONFIG, METRICS_REPORT, TRAIN_CURVE, DecodingSettings
+from medqa.contracts import (
+    INFERENCE_CONFIG,
+    METRICS_REPORT,
+    RELIABILITY_PLOT,
+    RISK_COVERAGE_PLOT,
+    TRAIN_CURVE,
+    DecodingSettings,
+)
 from medqa.decoding import SpanDecision, tune_null_threshold
 from medqa.device import (
     cast_for_autocast,
@@ -37,6 +45,7 @@ from medqa.device import (
 from medqa.evalreports import measure_speed, prediction_records, write_reports
 from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
+from medqa.plots import reliability_png, risk_coverage_png
 from medqa.scoring import f1_of, gold_texts, span_decisions_timed, summarize
 from medqa.tracking import configure_tracking, file_md5
 
@@ -47,6 +56,7 @@ class _Passes:
 
     threshold: float  # tuned on dev
     dev_scores: dict[str, Any]  # dev EM/F1 at that threshold (empty without dev rows)
+    dev: list[SpanDecision]  # what the threshold and the calibrator are fitted on
     test: list[SpanDecision]
     untrained: list[SpanDecision]  # the base model, its QA head untrained, on test
     speed: dict[str, float]
@@ -84,9 +94,9 @@ def _tuned_predictions(
     decode: DecodeParams,
     batch_size: int,
     pad_id: int,
-) -> tuple[float, list[SpanDecision], float, dict[str, Any]]:
+) -> tuple[float, list[SpanDecision], float, dict[str, Any], list[SpanDecision]]:
     """Threshold tuned on dev, the test decisions it will be applied to, the test pass's seconds,
-    and dev EM/F1 at that threshold (the figure a recipe study selects on)."""
+    dev EM/F1 at that threshold (the figure a recipe study selects on) and the dev decisions."""
     dev_dec, _ = span_decisions_timed(model, dev[0], dev[1], decode, batch_size, pad_id)
     thr, _ = (
         tune_null_threshold(dev_dec, [gold_texts(r) for r in dev[1]], f1_of)
@@ -98,6 +108,7 @@ def _tuned_predictions(
         thr,
         *span_decisions_timed(model, test[0], test[1], decode, batch_size, pad_id),
         dev_scores,
+        dev_dec,
     )
 
 
@@ -115,7 +126,7 @@ def _run_passes(
     from transformers import set_seed
 
     with precision_context(model, precision):
-        thr, test_dec, test_seconds, dev_scores = _tuned_predictions(
+        thr, test_dec, test_seconds, dev_scores, dev_dec = _tuned_predictions(
             model, dev, test, params.decode, params.batch_size, pad
         )
         speed = measure_speed(model, test[0], params.batch_size, pad, test_seconds)
@@ -128,7 +139,7 @@ def _run_passes(
             params.batch_size,
             pad,
         )
-    return _Passes(thr, dev_scores, test_dec, base_dec, speed)
+    return _Passes(thr, dev_scores, dev_dec, test_dec, base_dec, speed)
 
 
 def _baseline_f1(
@@ -201,6 +212,8 @@ def evaluate_checkpoint(
         "precision": precision,
         "precision_reason": precision_reason,
     }
+    cal = fit_calibrator(passes.dev, dev[1], passes.threshold, params.target_f1)
+    report["calibration"] = _calibration_reports(cal, passes, test_rows, params, reports_dir)
     decoding = DecodingSettings(
         n_best=params.decode.n_best,
         max_answer_length=params.decode.max_answer_length,
@@ -208,14 +221,42 @@ def evaluate_checkpoint(
         max_seq_length=config["max_seq_length"],
         doc_stride=config["doc_stride"],
         precision=precision,
+        calibration=cal.to_json(),
     )
-    records = prediction_records(test_rows, preds, passes.test)
+    records = prediction_records(test_rows, passes.test, passes.threshold, cal)
     write_reports(reports_dir, report, decoding, records, "test split")
     curve = completed_curve(model_dir, passes.dev_scores)
     if curve is not None:
         write_json_atomic(reports_dir / TRAIN_CURVE, curve)
     if config.get("run_id"):
         _log_scores(config["run_id"], report, passes.dev_scores, curve)
+    return report
+
+
+def _calibration_reports(
+    cal: Calibrator,
+    passes: _Passes,
+    test_rows: list[dict[str, Any]],
+    params: EvaluateParams,
+    reports_dir: Path,
+) -> dict[str, Any]:
+    """How the dev-fitted confidence holds on test, and its two plots beside the reports."""
+    report, curves = calibration_report(
+        cal, passes.test, test_rows, passes.threshold, params.bootstrap_samples
+    )
+    reliability_png(
+        reports_dir / RELIABILITY_PLOT,
+        {"calibrated": curves["confidence"], "raw span score": curves["raw_score"]},
+        curves["right"],
+    )
+    total = len(test_rows)
+    risk_coverage_png(
+        reports_dir / RISK_COVERAGE_PLOT,
+        {
+            "calibrated confidence": risk_coverage(curves["confidence"], curves["f1"], total),
+            "raw span score": risk_coverage(curves["raw_score"], curves["f1"], total),
+        },
+    )
     return report
 
 

@@ -182,6 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not single:
         _check_batch_paths(args)
     predictor = _load_predictor(args.model, args.decoding, args.precision)
+    predictor.min_confidence = args.min_confidence
     if not single:
         _predict_file(predictor, args)
         return
@@ -189,12 +190,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
     elif result["abstained"]:
-        print(f"no answer (score {result['score']:.3f})")
+        print(f"no answer: {result['reason']} (confidence {_share(result['confidence'])})")
     else:
         print(
-            f"answer: {result['answer']}\nscore: {result['score']:.3f}\n"
-            f"offsets: {result['start']}-{result['end']}"
+            f"answer: {result['answer']}\nconfidence: {_share(result['confidence'])} "
+            f"(raw score {result['score']:.3f})\noffsets: {result['start']}-{result['end']}"
         )
+
+
+def _share(p: float | None) -> str:
+    """A confidence for people; "not calibrated" for a model from before calibration."""
+    return "not calibrated" if p is None else f"{p:.3f}"
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -221,6 +227,12 @@ def add_parsers(sub: Subparsers) -> None:
         "reports/decoding.json)",
     )
     precision_option(s, "the one its test F1 was measured at")
+    s.add_argument(
+        "--min-confidence",
+        type=float,
+        help="withhold answers whose calibrated confidence is below this (default: the model's "
+        "own answer policy, evaluate.target_f1; 0: give every answer)",
+    )
     s.add_argument("--question")
     s.add_argument("--context")
     s.add_argument("--json", action="store_true", help="single mode: print the result as JSON")

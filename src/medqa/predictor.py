@@ -18,6 +18,7 @@ from typing import IO, Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from medqa.calibration import Calibrator, decide
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.contracts import DECODING_FILE, DecodingSettings
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
@@ -49,6 +50,7 @@ class SavedModel:
     settings_file: Path
     precision: str = "fp32"
     precision_reason: str = ""
+    calibrator: Calibrator | None = None  # None: a folder from before calibration was recorded
 
 
 def _served_precision(
@@ -92,6 +94,7 @@ def load_saved_model(
         )
     try:
         settings = DecodingSettings.from_json(json.loads(settings_file.read_text(encoding="utf-8")))
+        calibrator = Calibrator.from_json(settings.calibration) if settings.calibration else None
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(
             f"{settings_file}: cannot read decoding settings ({str(e).splitlines()[0]})"
@@ -119,6 +122,7 @@ def load_saved_model(
         settings_file,
         chosen,
         why,
+        calibrator,
     )
 
 
@@ -178,6 +182,8 @@ class QAPredictor:
         self._source = (Path(model_dir), decoding_file, device)  # for use_precision's reload
         saved = load_saved_model(Path(model_dir), decoding_file, device=device, precision=precision)
         self.model, self.tokenizer, self.threshold = saved.model, saved.tokenizer, saved.threshold
+        self.calibrator = saved.calibrator
+        self.min_confidence: float | None = None  # None: the model's own answer policy
         self.tokenize, self.decode = saved.tokenize, saved.decode
         self.precision, self.precision_reason = saved.precision, saved.precision_reason
         self.batch_size = batch_size
@@ -251,8 +257,12 @@ class QAPredictor:
             return f"question has {n_question} tokens; this model takes at most {self.max_question_tokens}"
         return None
 
-    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One result per record: answer ("" when the model abstains), score, start, end."""
+    def predict(
+        self, records: list[dict[str, Any]], min_confidence: float | None = None
+    ) -> list[dict[str, Any]]:
+        """One result per record: answer ("" when it abstains), raw score, calibrated confidence,
+        start, end, and why it abstained (``calibration.decide``). ``min_confidence`` replaces the
+        model's answer policy for these records (0: every answer)."""
         for i, r in enumerate(records):
             if (why := self.problem(r)) is not None:
                 raise DataError(f"record {i + 1}: {why}")
@@ -263,19 +273,8 @@ class QAPredictor:
         decisions = decode_best_spans(
             features, starts, ends, [r["context"] for r in records], self.decode
         )
-        results = []
-        for d in decisions:
-            answer = d.answer(self.threshold)
-            results.append(
-                {
-                    "answer": answer,
-                    "score": float(d.answer_prob if answer else 1 - d.answer_prob),
-                    "start": int(d.start) if answer else -1,
-                    "end": int(d.end) if answer else -1,
-                    "abstained": not answer,
-                }
-            )
-        return results
+        floor = self.min_confidence if min_confidence is None else min_confidence
+        return [decide(d, self.threshold, self.calibrator, floor) for d in decisions]
 
 
 def read_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, Any]]:

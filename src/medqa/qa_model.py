@@ -1,6 +1,7 @@
 """MLflow pyfunc wrapper, logged as code: MLflow copies this file into the model and runs it on load.
 
-Input: a frame with ``question`` and ``context``; output: answer, score, start, end, abstained.
+Input: a frame with ``question`` and ``context``; output: answer, score, confidence, start, end,
+abstained, reason (``medqa.calibration.decide``).
 Bad input (a missing field, a wrong type, an empty or over-long context) raises an MlflowException
 with INVALID_PARAMETER_VALUE, which ``mlflow models serve`` answers with HTTP 400 and the message.
 """

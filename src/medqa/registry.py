@@ -24,18 +24,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from medqa.champion import finite_or_none, gate, tag_value
+from medqa.champion import current_champion, finite_or_none, gate, tag_value
 from medqa.config import RegisterParams
 from medqa.contracts import (
     DECODING_FILE,
     INFERENCE_CONFIG,
+    MODEL_CARD,
     REGISTRATION_REPORT,
+    RELIABILITY_PLOT,
+    RISK_COVERAGE_PLOT,
     TRAIN_CURVE,
     DecodingSettings,
 )
 from medqa.envlock import lock_digest
 from medqa.errors import ModelError
-from medqa.fileio import read_jsonl, strict_json, write_json_atomic
+from medqa.fileio import read_jsonl, strict_json, write_json_atomic, write_text_atomic
+from medqa.modelcard import model_card
 from medqa.modelsource import load_model_config, usable_positions
 from medqa.reports import figure
 from medqa.tracking import (
@@ -56,9 +60,11 @@ SIGNATURE = ModelSignature(
         [
             ColSpec("string", "answer"),
             ColSpec("double", "score"),
+            ColSpec("double", "confidence", required=False),  # null: no calibrator recorded
             ColSpec("long", "start"),
             ColSpec("long", "end"),
             ColSpec("boolean", "abstained"),
+            ColSpec("string", "reason", required=False),  # why it abstained; null when it answers
         ]
     ),
 )
@@ -163,6 +169,11 @@ class Candidate:
     decoding_path: Path
     rows: list[dict[str, Any]]
     test_md5: str
+    reports_dir: Path  # where evaluate left its reports and plots
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        return dict(self.metrics.get("calibration") or {})
 
     @property
     def run_id(self) -> str:
@@ -185,7 +196,16 @@ def _read_candidate(
             f"{metrics_path}: scored on another test set than {test_path}; rerun `dvc repro evaluate`"
         )
     config = json.loads((model_dir / INFERENCE_CONFIG).read_text())
-    return Candidate(model_dir, config, metrics, decoding, Path(decoding_path), rows, test_md5)
+    return Candidate(
+        model_dir,
+        config,
+        metrics,
+        decoding,
+        Path(decoding_path),
+        rows,
+        test_md5,
+        Path(metrics_path).parent,
+    )
 
 
 def _version_tags(c: Candidate, content_hash: str) -> dict[str, str]:
@@ -209,6 +229,15 @@ def _version_tags(c: Candidate, content_hash: str) -> dict[str, str]:
         "best_baseline_f1": tag_value(c.metrics["baselines_f1"][best]),
         # test F1 was measured at this precision, and predict/serve run the version at it
         "precision": c.decoding.precision or "fp32",
+        # how far its confidence holds on test, and the answer policy predict and serve apply
+        "test_ece": tag_value(finite_or_none(c.calibration.get("ece"))),
+        "test_aurc": tag_value(finite_or_none(c.calibration.get("aurc"))),
+        "answer_policy_min_confidence": tag_value(
+            finite_or_none(c.calibration.get("policy_min_confidence"))
+        ),
+        "answer_policy_test_coverage": tag_value(
+            finite_or_none(c.calibration.get("policy_coverage"))
+        ),
     }
 
 
@@ -256,8 +285,17 @@ def register_model(
     reused = version is not None
     if version is None:
         version = _new_version(client, c, params.model_name, content_hash, tracking_uri)
-    decision = gate(
-        client, params.model_name, version, f1, c.rows, c.test_md5, params.min_f1, batch_size
+    refusal = clinical_refusal(c.calibration, params)
+    decision = (
+        gate(client, params.model_name, version, f1, c.rows, c.test_md5, params.min_f1, batch_size)
+        if refusal is None
+        else {
+            "previous_champion": current_champion(client, params.model_name)[0],
+            "previous_champion_f1": None,
+            "previous_champion_f1_from": None,
+            "promoted": False,
+            "reason": refusal,
+        }
     )
     if reused:
         decision["reason"] = (
@@ -281,8 +319,43 @@ def register_model(
         **decision,
     }
     _record_on_run(client, c.run_id, record, version)
+    _publish_card(client, c, params.model_name, version)
     write_json_atomic(Path(out_path), record)
     return record
+
+
+def clinical_refusal(calibration: dict[str, Any], params: RegisterParams) -> str | None:
+    """Why the version may not become champion under ``register.max_ece`` / ``min_coverage``
+    (both off when null), or None."""
+    ece, coverage = calibration.get("ece"), calibration.get("policy_coverage")
+    if params.max_ece is not None and (ece is None or not ece <= params.max_ece):
+        return f"test ECE {figure(ece, '.3f')} is above register.max_ece {params.max_ece:.3f}"
+    if params.min_coverage is not None and (
+        coverage is None or not coverage >= params.min_coverage
+    ):
+        return (
+            f"the answer policy answers {figure(coverage, '.3f')} of test questions, below "
+            f"register.min_coverage {params.min_coverage:.3f}"
+        )
+    return None
+
+
+def _publish_card(client: MlflowClient, c: Candidate, name: str, version: str) -> None:
+    """The version's model card and plots: beside the reports, as artifacts of the training run
+    (``model_card/v<version>/``), and named by the version's ``model_card`` tag."""
+    card = model_card(name, version, c.metrics, client.get_model_version(name, version).tags)
+    write_text_atomic(c.reports_dir / MODEL_CARD, card)
+    folder = f"model_card/v{version}"
+    try:
+        client.log_text(c.run_id, card, f"{folder}/{MODEL_CARD}")
+        for plot in (RELIABILITY_PLOT, RISK_COVERAGE_PLOT):
+            if (c.reports_dir / plot).exists():
+                client.log_artifact(c.run_id, str(c.reports_dir / plot), folder)
+    except MlflowException:
+        return  # a reused version whose training run was removed: the card stays in reports/
+    client.set_model_version_tag(
+        name, version, "model_card", f"runs:/{c.run_id}/{folder}/{MODEL_CARD}"
+    )
 
 
 def _record_on_run(client: MlflowClient, run_id: str, record: dict[str, Any], version: str) -> None:

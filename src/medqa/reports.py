@@ -29,9 +29,30 @@ def score_lines(m: dict[str, Any], label: str = "test") -> list[str]:
         f"unanswerable F1 {figure(m['no_ans_f1'])} (n={m.get('no_ans_n', 'n/a')})",
         f"  baselines F1: {baselines}; lead over the best {figure(m['lead_over_best_baseline'], '+.4f')}",
     ]
+    lines += confidence_lines(m.get("calibration") or {})
     if m.get("repairs"):  # an ad-hoc run on a data file: the validate stage's repairs, made first
         kinds = ", ".join(f"{k} {n}" for k, n in m.get("repairs_by_kind", {}).items())
         lines.append(f"  scored after {m['repairs']} repairs ({kinds})")
+    return lines
+
+
+def confidence_lines(c: dict[str, Any]) -> list[str]:
+    """How far the calibrated confidence holds, and what the answer policy gives (none when the
+    model has no calibrator)."""
+    if not c:
+        return []
+    lo, hi = c.get("ece_ci95") or (None, None)
+    lines = [
+        f"  confidence: ECE {figure(c.get('ece'), '.3f')} (95% CI {figure(lo, '.3f')}-"
+        f"{figure(hi, '.3f')}; raw score {figure(c.get('ece_raw_score'), '.3f')}), AURC "
+        f"{figure(c.get('aurc'), '.3f')} (raw {figure(c.get('aurc_raw_score'), '.3f')})"
+    ]
+    if c.get("policy_min_confidence") is not None:
+        lines.append(
+            f"  answer policy: confidence >= {figure(c['policy_min_confidence'], '.3f')} answers "
+            f"{figure(c.get('policy_coverage'), '.1%')} of questions at F1 "
+            f"{figure(c.get('policy_answered_f1'), '.3f')}"
+        )
     return lines
 
 

@@ -14,6 +14,10 @@ It differs where that server failed its users (issue 20):
   503), then the server closes; nothing outlives it.
 - One prediction at a time: a request's records go through the predictor's batched path together,
   and concurrent requests queue for the cores rather than thrash them.
+- A page to try it (``GET /``): paste a passage and a question, see the answer highlighted with its
+  confidence, or the abstention and why, and the version's model card. It ships with the package
+  (no build step, no CDN), posts to ``/invocations`` (so the same limits hold), shows all text as
+  text, and is sent with a Content-Security-Policy that allows only its own script and style.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import threading
 import time
 from io import StringIO
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -42,6 +47,20 @@ log = logging.getLogger(__name__)
 # stops at its next batch anyway, so this only bounds a stuck client.
 GRACEFUL_SHUTDOWN_S = 10
 JSON = "application/json"
+PAGE_DIR = Path(__file__).resolve().parent / "page"
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+# Only the page's own script, style and API calls; no inline code, frames, forms or other origins.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -77,8 +96,11 @@ def request_size(frame: Any) -> tuple[int, int]:
 class ScoringApp:
     """The HTTP endpoints around one loaded pyfunc model and its QAPredictor."""
 
-    def __init__(self, model: Any, max_records: int, max_chars: int) -> None:
+    def __init__(
+        self, model: Any, max_records: int, max_chars: int, about: dict[str, Any] | None = None
+    ) -> None:
         self.model = model
+        self.about = about or {}
         self.predictor = model.unwrap_python_model().predictor
         self.schema = model.metadata.get_input_schema()
         self.max_records, self.max_chars = max_records, max_chars
@@ -91,8 +113,20 @@ class ScoringApp:
                 Route("/health", self.ping, methods=["GET"]),
                 Route("/version", self.version, methods=["GET"]),
                 Route("/invocations", self.invocations, methods=["POST"]),
+                Route("/about", self.describe, methods=["GET"]),
+                *(Route(path, self.page, methods=["GET"]) for path in PAGE_FILES),
             ]
         )
+
+    async def page(self, request: Request) -> Response:
+        """The try-it page and its script and style, with the restrictive headers."""
+        name, media_type = PAGE_FILES[request.url.path]
+        return Response((PAGE_DIR / name).read_bytes(), 200, PAGE_HEADERS, media_type=media_type)
+
+    async def describe(self, request: Request) -> Response:
+        """What the page shows about the model: which one, at which precision, and its card."""
+        body = {"precision": self.predictor.precision, **self.about}
+        return Response(json.dumps(body), 200, PAGE_HEADERS, media_type=JSON)
 
     async def ping(self, request: Request) -> Response:
         """Healthy once listening: the model is loaded before the socket opens."""
@@ -200,6 +234,24 @@ def load_served_model(uri: str, precision: str | None = None) -> Any:
     return model
 
 
+def describe_served(uri: str) -> dict[str, Any]:
+    """The served model's name for people and, for a registered version, its model card."""
+    about: dict[str, Any] = {"model": uri, "card": None}
+    if not uri.startswith("models:/"):
+        return about
+    from mlflow import MlflowClient
+
+    from medqa.versions import model_card_text
+
+    rest = uri.removeprefix("models:/")
+    name, _, ref = rest.partition("@") if "@" in rest else rest.rpartition("/")
+    try:
+        about["card"] = model_card_text(MlflowClient(), name, ref)
+    except ModelError as e:
+        log.warning("no model card for the page: %s", e)
+    return about
+
+
 def serve(
     uri: str,
     host: str,
@@ -212,7 +264,7 @@ def serve(
     and ``max_chars`` bound each request (params.yaml's serve group)."""
     started = time.perf_counter()
     model = load_served_model(uri, precision)
-    scoring = ScoringApp(model, max_records, max_chars)
+    scoring = ScoringApp(model, max_records, max_chars, describe_served(uri))
     p = scoring.predictor
     log.info(
         "loaded %s in %.1f s; precision %s (%s); limits %d records, %d characters per request",

@@ -67,6 +67,11 @@ def cmd_models(args: argparse.Namespace) -> None:
     from medqa.versions import list_versions
 
     client, name = _registry(args)
+    if args.card:
+        from medqa.versions import model_card_text
+
+        print(model_card_text(client, name, args.card), end="")
+        return
     rows = list_versions(client, name)
     if args.json:
         print(json.dumps(rows))
@@ -136,6 +141,11 @@ def _add_registry_commands(sub: Subparsers) -> None:
     s = sub.add_parser("models", help="list registered versions with test F1 and aliases")
     s.add_argument("--name", help=NAME_HELP)
     s.add_argument("--json", action="store_true", help="print the list as JSON")
+    s.add_argument(
+        "--card",
+        metavar="VERSION",
+        help="print the model card of a version instead: a number or an alias (champion)",
+    )
     s.set_defaults(func=cmd_models)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from medqa.champion import (
     champion_history,
@@ -17,7 +19,7 @@ from medqa.champion import (
     move_champion,
     registered_model,
 )
-from medqa.errors import ModelError
+from medqa.errors import ModelError, first_line
 
 
 def promote(client: MlflowClient, name: str, version: str) -> dict[str, Any] | None:
@@ -89,3 +91,16 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def model_card_text(client: MlflowClient, name: str, ref: str) -> str:
+    """The model card the register stage wrote for version ``ref`` (a number or an alias)."""
+    registered = registered_model(client, name)
+    version = str(registered.aliases[ref]) if ref in registered.aliases else ref
+    uri = model_version(client, name, version).tags.get("model_card")
+    if not uri:
+        raise ModelError(f"{name} v{version} has no model card (registered before cards were)")
+    try:
+        return str(mlflow.artifacts.load_text(uri))
+    except MlflowException as e:
+        raise ModelError(f"{uri}: cannot read the model card ({first_line(e)})") from None

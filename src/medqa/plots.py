@@ -1,0 +1,84 @@
+"""The evaluate stage's pictures, drawn with matplotlib (installed with MLflow) on its file-only
+backend: the reliability diagram (is a 0.8 answer right 80% of the time?) and the risk-coverage
+curve (how good are the answers we give if we give only the most confident ones?).
+
+Each draws the calibrated confidence beside the raw span score, so the gain is visible; files are
+written atomically like every report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medqa.fileio import write_bytes_atomic
+
+BINS = 10
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: draw to files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _reliability_points(
+    conf: Sequence[float], right: Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """(mean confidence, share right) of each non-empty equal-width bin."""
+    c, y = np.asarray(conf, dtype=float), np.asarray(right, dtype=float)
+    idx = np.minimum((c * BINS).astype(int), BINS - 1)
+    bins = [b for b in range(BINS) if (idx == b).any()]
+    return [float(c[idx == b].mean()) for b in bins], [float(y[idx == b].mean()) for b in bins]
+
+
+def reliability_png(path: Path, series: dict[str, Sequence[float]], right: Sequence[float]) -> None:
+    """One line per confidence series (name -> confidences of the answers), against the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for name, conf in series.items():
+        x, y = _reliability_points(conf, right)
+        ax.plot(x, y, marker="o", label=name)
+    ax.set(
+        xlabel="confidence (bin mean)",
+        ylabel="share exactly right",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Reliability of answers (test)",
+    )
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def risk_coverage_png(
+    path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]]
+) -> None:
+    """Answered F1 against coverage (share of all questions answered), one line per ordering."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (coverage, answered_f1) in series.items():
+        ax.plot(coverage, answered_f1, label=name)
+    ax.set(
+        xlabel="coverage (share of test questions answered)",
+        ylabel="F1 of the answers given",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Answering only the most confident",
+    )
+    ax.legend(loc="lower left")
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    write_bytes_atomic(Path(path), buf.getvalue())

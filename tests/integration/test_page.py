@@ -1,0 +1,169 @@
+"""The try-it page of `medqa serve`, in a real headless browser (Debian's Chromium driven by
+Selenium) against a real server on 127.0.0.1: a typed question gets its answer highlighted in the
+passage with its confidence, pasted markup is shown as text and never run, the page is sent with
+a restrictive Content-Security-Policy, and the API's request limits hold for it too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.request
+
+import mlflow
+import pytest
+
+from helpers import DECODING, free_port, inside_project, register_version, wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):
+    pytest.skip(
+        "no chromium/chromedriver (Debian packages; .ci/run installs them)", allow_module_level=True
+    )
+
+NAME = "tiny-page"
+CONTEXT = (
+    "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after three loading doses."
+)
+# a calibrator that says 0.5 for every answer and gives every answer (policy floor 0)
+CALIBRATION = {
+    "features": ["margin", "answer_prob", "runner_up_gap", "log_span_words"],
+    "answer": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
+    "abstention": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
+    "min_confidence": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory, tiny_model_dir):
+    """`medqa serve`'s app on a free loopback port, serving a registered tiny model."""
+    import uvicorn
+
+    from medqa.server import ScoringApp, describe_served, load_served_model
+    from medqa.tracking import configure_tracking
+
+    proj = tmp_path_factory.mktemp("page-proj")
+    (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
+    (proj / "dvc.yaml").write_text("stages: {}\n")
+    (proj / "test.jsonl").write_text(
+        json.dumps({"id": "t1", "question": "How long?", "context": CONTEXT, "answers": []}) + "\n"
+    )
+    with inside_project(proj):
+        ckpt = proj / "checkpoint"
+        shutil.copytree(tiny_model_dir, ckpt)
+        configure_tracking()
+        with mlflow.start_run() as run:
+            mlflow.set_tags({"backend": "cpu", "precision": "fp32"})
+        (ckpt / "medqa.json").write_text(json.dumps({"run_id": run.info.run_id}))
+        (proj / "decoding.json").write_text(json.dumps(DECODING | {"calibration": CALIBRATION}))
+        register_version(proj, ckpt, NAME, 0.5, 0.4, "registration.json")
+        uri = f"models:/{NAME}@champion"
+        app = ScoringApp(load_served_model(uri), 8, 2000, describe_served(uri))
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(app.app, host="127.0.0.1", port=port, lifespan="off")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for(lambda: server.started or None, 60, "the page server")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def ask(browser, url: str, context: str, question: str) -> str:
+    """Type a passage and a question into the page, submit, and wait for the status line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    browser.find_element(By.ID, "context").send_keys(context)
+    browser.find_element(By.ID, "question").send_keys(question)
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 60).until(
+        lambda b: b.find_element(By.ID, "status").text not in ("", "Asking…")
+    )
+    return browser.find_element(By.ID, "status").text
+
+
+def api(url: str, records: list[dict[str, str]]) -> list[dict]:
+    req = urllib.request.Request(
+        url + "/invocations",
+        data=json.dumps({"dataframe_records": records}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as res:
+        return json.loads(res.read())["predictions"]
+
+
+def test_a_typed_question_gets_its_answer_highlighted_with_its_confidence(page_url, browser):
+    from selenium.webdriver.common.by import By
+
+    question = "How far can the dosing interval be extended?"
+    status = ask(browser, page_url, CONTEXT, question)
+    (served,) = api(page_url, [{"question": question, "context": CONTEXT}])
+    assert not served["abstained"] and served["confidence"] == pytest.approx(0.5)
+    mark = browser.find_element(By.ID, "answer")
+    assert mark.text == CONTEXT[served["start"] : served["end"]].strip()
+    assert status.startswith("Answer:") and "confidence 0.500" in status
+    assert browser.find_element(By.ID, "result").text.strip() == CONTEXT
+    assert NAME in browser.find_element(By.ID, "version").text
+    card = browser.find_element(By.ID, "card").get_attribute("textContent")
+    assert f"# {NAME} v1" in card and "Not medical advice" in card
+
+
+def test_pasted_markup_is_shown_as_text_and_never_run(page_url, browser):
+    from selenium.webdriver.common.by import By
+
+    hostile = (
+        "<script>window.pwned = 1</script> Zinc 80 mg and copper 2 mg are in the formula "
+        '<img src=x onerror="window.pwned = 2"> used in AREDS2.'
+    )
+    ask(browser, page_url, hostile, "<b>Which</b> minerals?")
+    result = browser.find_element(By.ID, "result")
+    assert browser.execute_script("return window.pwned") is None
+    assert "<script>" in result.text and "<img" in result.text
+    assert result.find_elements(By.TAG_NAME, "img") == []
+    assert result.find_elements(By.TAG_NAME, "script") == []
+
+
+def test_the_page_is_sent_with_a_restrictive_policy(page_url):
+    with urllib.request.urlopen(page_url + "/", timeout=30) as res:
+        csp = res.headers["Content-Security-Policy"]
+        assert res.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+
+
+def test_the_api_limits_hold_for_the_page(page_url, browser):
+    status = ask(browser, page_url, "AMD " * 600, "What is AMD?")  # over the 2,000-character limit
+    assert status.startswith("Refused (413)") and "2000" in status
