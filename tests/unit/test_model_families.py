@@ -560,7 +560,12 @@ def test_family_end_to_end(name, rows, tmp_path, tracking, monkeypatch):
     assert main([*argv, "--output", "answers.jsonl"]) == 0
     served = read_jsonl(Path("answers.jsonl"))
     evaluated = read_jsonl(reports / "predictions.jsonl")
-    assert [s["answer"] for s in served] == [e["prediction"] for e in evaluated]
+    # what predict serves is what evaluate recorded under the answer policy (calibration.decide)
+    assert [s["answer"] for s in served] == [e["policy_answer"] for e in evaluated]
+    assert [s["reason"] for s in served] == [e["policy_reason"] for e in evaluated]
+    assert [s["confidence"] for s in served] == pytest.approx(
+        [e["confidence"] for e in evaluated], rel=1e-5
+    )
     for s, r in zip(served, rows):
         assert s["id"] == r["id"]
         if not s["abstained"]:
