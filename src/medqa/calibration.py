@@ -162,22 +162,28 @@ def decide(
     }
 
 
+def reliability_bins(
+    conf: Sequence[float], right: Sequence[float], bins: int = 10
+) -> list[tuple[float, float, float]]:
+    """(mean confidence, share right, share of questions) of each non-empty equal-width confidence
+    bin: what the ECE sums over and the reliability diagram draws."""
+    c, y = np.asarray(conf, dtype=float), np.asarray(right, dtype=float)
+    idx = np.minimum((c * bins).astype(int), bins - 1)
+    return [
+        (float(c[idx == b].mean()), float(y[idx == b].mean()), float((idx == b).mean()))
+        for b in range(bins)
+        if (idx == b).any()
+    ]
+
+
 def expected_calibration_error(
     conf: Sequence[float], right: Sequence[bool], bins: int = 10
 ) -> float:
     """ECE over ``bins`` equal-width confidence bins: the mean |accuracy - confidence| of each
     bin, weighted by its share of the questions."""
-    c, y = np.asarray(conf, dtype=float), np.asarray(right, dtype=float)
-    if not len(c):
+    if not len(conf):
         return float("nan")
-    idx = np.minimum((c * bins).astype(int), bins - 1)
-    return float(
-        sum(
-            abs(y[idx == b].mean() - c[idx == b].mean()) * (idx == b).mean()
-            for b in range(bins)
-            if (idx == b).any()
-        )
-    )
+    return float(sum(abs(acc - mean) * w for mean, acc, w in reliability_bins(conf, right, bins)))
 
 
 def ece_ci(

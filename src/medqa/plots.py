@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medqa.calibration import reliability_bins
 from medqa.fileio import write_bytes_atomic
 
 BINS = 10
@@ -29,23 +28,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _reliability_points(
-    conf: Sequence[float], right: Sequence[float]
-) -> tuple[list[float], list[float]]:
-    """(mean confidence, share right) of each non-empty equal-width bin."""
-    c, y = np.asarray(conf, dtype=float), np.asarray(right, dtype=float)
-    idx = np.minimum((c * BINS).astype(int), BINS - 1)
-    bins = [b for b in range(BINS) if (idx == b).any()]
-    return [float(c[idx == b].mean()) for b in bins], [float(y[idx == b].mean()) for b in bins]
-
-
 def reliability_png(path: Path, series: dict[str, Sequence[float]], right: Sequence[float]) -> None:
     """One line per confidence series (name -> confidences of the answers), against the diagonal."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, conf in series.items():
-        x, y = _reliability_points(conf, right)
+        points = reliability_bins(conf, right, BINS)
+        x, y = [p[0] for p in points], [p[1] for p in points]
         ax.plot(x, y, marker="o", label=name)
     ax.set(
         xlabel="confidence (bin mean)",
