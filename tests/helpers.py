@@ -187,6 +187,31 @@ def register_version(
     )
 
 
+def one_version_project(
+    proj: Path, model_dir: Path, name: str, decoding: dict, test_row: dict
+) -> None:
+    """Make ``proj`` a project whose registry holds ``model_dir`` as version 1 (and @champion) of
+    ``name``, read with ``decoding``, its test split the one ``test_row``. Call it inside
+    ``inside_project(proj)``."""
+    import mlflow
+
+    from medqa.tracking import configure_tracking
+
+    (proj / "params.yaml").write_text(f"register:\n  model_name: {name}\n  min_f1: 0.0\n")
+    (proj / "dvc.yaml").write_text("stages: {}\n")  # a project: the registry is its ./mlruns
+    (proj / "test.jsonl").write_text(json.dumps(test_row) + "\n")
+    ckpt = proj / "checkpoint"
+    shutil.copytree(model_dir, ckpt)
+    configure_tracking()
+    with mlflow.start_run() as run:
+        mlflow.set_tags({"backend": "cpu", "precision": "fp32"})
+    (ckpt / "medqa.json").write_text(
+        json.dumps({"run_id": run.info.run_id, "backend": "cpu", "base_model": "tiny"})
+    )
+    (proj / "decoding.json").write_text(json.dumps(decoding))
+    register_version(proj, ckpt, name, 0.5, 0.4, "registration.json")
+
+
 # --- servers and other processes ----------------------------------------------------------------
 
 

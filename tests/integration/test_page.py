@@ -10,10 +10,9 @@ import shutil
 import threading
 import urllib.request
 
-import mlflow
 import pytest
 
-from helpers import DECODING, free_port, inside_project, register_version, wait_for
+from helpers import DECODING, free_port, inside_project, one_version_project, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +41,13 @@ def page_url(tmp_path_factory, tiny_model_dir):
     import uvicorn
 
     from medqa.server import ScoringApp, describe_served, load_served_model
-    from medqa.tracking import configure_tracking
 
     proj = tmp_path_factory.mktemp("page-proj")
-    (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
-    (proj / "dvc.yaml").write_text("stages: {}\n")
-    (proj / "test.jsonl").write_text(
-        json.dumps({"id": "t1", "question": "How long?", "context": CONTEXT, "answers": []}) + "\n"
-    )
     with inside_project(proj):
-        ckpt = proj / "checkpoint"
-        shutil.copytree(tiny_model_dir, ckpt)
-        configure_tracking()
-        with mlflow.start_run() as run:
-            mlflow.set_tags({"backend": "cpu", "precision": "fp32"})
-        (ckpt / "medqa.json").write_text(json.dumps({"run_id": run.info.run_id}))
-        (proj / "decoding.json").write_text(json.dumps(DECODING | {"calibration": CALIBRATION}))
-        register_version(proj, ckpt, NAME, 0.5, 0.4, "registration.json")
+        row = {"id": "t1", "question": "How long?", "context": CONTEXT, "answers": []}
+        one_version_project(
+            proj, tiny_model_dir, NAME, DECODING | {"calibration": CALIBRATION}, row
+        )
         uri = f"models:/{NAME}@champion"
         app = ScoringApp(load_served_model(uri), 8, 2000, describe_served(uri))
         port = free_port()

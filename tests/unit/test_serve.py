@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ from helpers import (
     environ_without,
     free_port,
     inside_project,
-    register_version,
+    one_version_project,
     start_server,
     wait_until_up,
 )
@@ -45,25 +44,10 @@ SETTINGS = DECODING | {"precision": "bf16"}  # DECODING never abstains: every re
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     """A project folder whose registry holds one version of the tiny model, evaluated in bf16."""
-    from medqa.tracking import configure_tracking
-
     proj = tmp_path_factory.mktemp("serve-proj")
-    (proj / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  min_f1: 0.0\n")
-    (proj / "dvc.yaml").write_text("stages: {}\n")  # a project: the registry is its ./mlruns
-    (proj / "test.jsonl").write_text(
-        json.dumps({"id": "t1", "question": "Which dye?", "context": CONTEXT, "answers": []}) + "\n"
-    )
     with inside_project(proj):
-        ckpt = proj / "checkpoint"
-        shutil.copytree(tiny_model_dir, ckpt)
-        configure_tracking()
-        with mlflow.start_run() as run:
-            mlflow.set_tags({"backend": "cpu", "precision": "fp32"})
-        (ckpt / "medqa.json").write_text(
-            json.dumps({"run_id": run.info.run_id, "backend": "cpu", "base_model": "tiny"})
-        )
-        (proj / "decoding.json").write_text(json.dumps(SETTINGS))
-        register_version(proj, ckpt, NAME, 0.5, 0.4, "registration.json")
+        row = {"id": "t1", "question": "Which dye?", "context": CONTEXT, "answers": []}
+        one_version_project(proj, tiny_model_dir, NAME, SETTINGS, row)
         yield proj
 
 
