@@ -1,5 +1,7 @@
-"""The rules every QA row must pass, as one pandera schema. Each check names one fault and never
-raises on odd values (other checks name those); its name is the reason a rejected row shows
+"""The rules every QA row must pass: a pandera schema of each row's own fields, run on chunks of
+rows, and the checks across rows (unique ids, duplicates, leakage) on 128-bit digests of the whole
+data, so that memory stays bounded at a million rows. Each check names one fault and never raises
+on odd values (other checks name those); its name is the reason a rejected row shows
 (``column:check`` for column checks):
 
 - answer_span_matches_context: ``context[answer_start : answer_start + len(text)] == text`` exactly,
@@ -26,9 +28,11 @@ raises on odd values (other checks name those); its name is the reason a rejecte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -37,6 +41,7 @@ from medqa.errors import DataError
 from medqa.records import SPLITS, QuestionLimit
 
 SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
+CHUNK_ROWS = 20_000  # rows per schema run: pandera's memory grows with the frame it checks
 
 
 # --- what one row's own fields must be (the repairs use these too, to tell what they may touch) ---
@@ -123,19 +128,34 @@ def _rowwise(fn: Callable[..., bool], *cols: str) -> Callable[[pd.DataFrame], pd
     return check
 
 
-def _keys(s: pd.Series) -> pd.Series:
-    """Hashable, same-type stand-ins for a column's values, so grouping works on malformed rows too."""
-    return s.map(lambda v: v if isinstance(v, str) else f"\0{type(v).__name__}:{v!r}")
+def _key(v: Any) -> str:
+    """A hashable, same-type stand-in for a value, so grouping works on malformed rows too."""
+    return v if isinstance(v, str) else f"\0{type(v).__name__}:{v!r}"
+
+
+def _digests(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """A 128-bit BLAKE2 digest of each row's value in each of ``cols``, as two uint64 columns: what
+    the checks across rows compare, 16 bytes a value however long the text, so they see the whole
+    data at any size. Plain loops: ``Series.map`` to text would copy every context (pandas infers
+    its string dtype), and pandas' own hashing first copies a column to fixed-width text."""
+    out: dict[str, np.ndarray] = {}
+    for c in cols:
+        raw = b"".join(
+            hashlib.blake2b(_key(v).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for v in df[c]
+        )
+        halves = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 2)
+        out |= {f"{c}0": halves[:, 0], f"{c}1": halves[:, 1]}
+    return pd.DataFrame(out, index=df.index)
 
 
 def _unique_id(ids: pd.Series) -> pd.Series:
-    return ~(_keys(ids).duplicated(keep=False) & ids.map(lambda v: isinstance(v, str)))
+    repeated = _digests(ids.to_frame("id"), ["id"]).duplicated(keep=False)
+    return ~(repeated & ids.map(lambda v: isinstance(v, str)))
 
 
 def _first_in_split(df: pd.DataFrame) -> pd.Series:
-    return ~pd.DataFrame({c: _keys(df[c]) for c in ("split", "question", "context")}).duplicated(
-        keep="first"
-    )
+    return ~_digests(df, ["split", "question", "context"]).duplicated(keep="first")
 
 
 def _no_leak(df: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -143,14 +163,25 @@ def _no_leak(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     rank = df["split"].map(
         lambda s: SPLIT_RANK.get(s, len(SPLITS)) if isinstance(s, str) else len(SPLITS)
     )
-    earliest = rank.groupby([_keys(df[k]) for k in keys], sort=False).transform("min")
+    digests = _digests(df, keys)
+    earliest = rank.groupby([digests[c] for c in digests], sort=False).transform("min")
     return rank == earliest
+
+
+# the checks that compare rows with each other: run once over the whole frame, on digests
+ACROSS_ROWS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
+    "id:unique_id": lambda df: _unique_id(df["id"]),
+    "duplicate_question_on_context": _first_in_split,
+    "context_in_two_splits": lambda df: _no_leak(df, ["context"]),
+    "question_on_context_in_two_splits": lambda df: _no_leak(df, ["question", "context"]),
+}
 
 
 def build_schema(
     params: ValidateParams, question_limit: QuestionLimit | None = None
 ) -> pa.DataFrameSchema:
-    """The pandera schema every QA row must pass; check names are the reasons users see.
+    """The pandera schema of every check of a row's own fields (those across rows are
+    ``ACROSS_ROWS``); check names are the reasons users see.
 
     Checks run with ``ignore_na=False``: a missing id, question or split is a failure, not a skip.
     With ``question_limit``, a question too long in tokens fails ``question:at_most_N_tokens``.
@@ -168,10 +199,7 @@ def build_schema(
     return pa.DataFrameSchema(
         {
             "id": pa.Column(
-                checks=[
-                    each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_id"),
-                    pa.Check(_unique_id, ignore_na=False, name="unique_id"),
-                ],
+                checks=each(lambda v: isinstance(v, str) and v.strip() != "", "non_empty_id"),
                 nullable=True,
             ),
             "question": pa.Column(
@@ -197,25 +225,18 @@ def build_schema(
                 _rowwise(_fits_context, "context", "answers"), name="answer_longer_than_context"
             ),
             pa.Check(_rowwise(_no_edge_whitespace, "answers"), name="answer_has_edge_whitespace"),
-            pa.Check(_first_in_split, name="duplicate_question_on_context"),
-            pa.Check(lambda df: _no_leak(df, ["context"]), name="context_in_two_splits"),
-            pa.Check(
-                lambda df: _no_leak(df, ["question", "context"]),
-                name="question_on_context_in_two_splits",
-            ),
         ],
         coerce=False,
     )
 
 
-def find_invalid_rows(
-    df: pd.DataFrame, params: ValidateParams, question_limit: QuestionLimit | None = None
-) -> dict[int, list[str]]:
-    """Map frame position → sorted names of the checks that row fails (all failures, lazily collected)."""
-    df = df.reset_index(drop=True)
+def _schema_failures(
+    df: pd.DataFrame, schema: pa.DataFrameSchema, reasons: dict[int, list[str]]
+) -> None:
+    """Add to ``reasons`` (by the frame's index) the checks of ``schema`` that rows of ``df`` fail."""
     try:
-        build_schema(params, question_limit).validate(df, lazy=True)
-        return {}
+        schema.validate(df, lazy=True)
+        return
     except pa.errors.SchemaErrors as err:
         fc = err.failure_cases
     unplaced = fc[fc["index"].isna()]
@@ -223,10 +244,27 @@ def find_invalid_rows(
         case = unplaced.iloc[0]
         failure = str(case["failure_case"]).replace("\n", " ")
         raise DataError(f"check {case['check']} could not run: {failure}")
-    reasons: dict[int, list[str]] = {}
     for _, case in fc.drop_duplicates(["index", "check"]).iterrows():
         check = str(case["check"])
         is_column_check = case.get("schema_context") == "Column" and isinstance(case["column"], str)
         label = f"{case['column']}:{check}" if is_column_check else check
         reasons.setdefault(int(case["index"]), []).append(label)
-    return {i: sorted(labels) for i, labels in reasons.items()}
+
+
+def find_invalid_rows(
+    df: pd.DataFrame, params: ValidateParams, question_limit: QuestionLimit | None = None
+) -> dict[int, list[str]]:
+    """Map frame position → sorted names of the checks that row fails (all failures, lazily collected).
+
+    The schema runs on CHUNK_ROWS rows at a time and the checks across rows once over the whole
+    frame's digests, so memory beyond the frame itself stays bounded at any size.
+    """
+    df = df.reset_index(drop=True)
+    schema = build_schema(params, question_limit)
+    reasons: dict[int, list[str]] = {}
+    for start in range(0, len(df), CHUNK_ROWS):
+        _schema_failures(df.iloc[start : start + CHUNK_ROWS], schema, reasons)
+    for label, check in ACROSS_ROWS.items():
+        for i in np.flatnonzero(~check(df).to_numpy(dtype=bool)):
+            reasons.setdefault(int(i), []).append(label)
+    return {i: sorted(labels) for i, labels in sorted(reasons.items())}

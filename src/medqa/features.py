@@ -8,21 +8,32 @@ windows carry character offsets so predicted spans map back to the original text
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 from medqa.config import TokenizeParams
 from medqa.errors import ConfigError, DataError, first_line
-from medqa.fileio import read_jsonl, write_json_atomic
+from medqa.fileio import write_json_atomic
 from medqa.modelsource import load_model_config, load_tokenizer, usable_positions
 from medqa.outdir import stage_output_dir
 from medqa.records import SPLITS, QuestionLimit
 
+if TYPE_CHECKING:  # imported where used: validate imports this module for question_limit only
+    from datasets import Dataset, Features
+
 NO_OFFSET = (-1, -1)  # marks question, special and padding tokens: never part of an answer
 SUBSET_SEED = 0  # fixed: the same questions every time, so learning-curve points are comparable
+# rows a tokenizing process must have to be worth starting (~1 s to start one; ~1,000 rows/s each)
+MIN_ROWS_PER_PROCESS = 2000
 
 
 def check_window_fits(
@@ -96,16 +107,17 @@ def refuse_long_questions(
     params: TokenizeParams,
     source: Path,
 ) -> None:
-    """Stop with the row named when a question is too long for the windows. Validate rejects such
-    rows with the same settings; this catches validated data left from other settings, which the
-    tokenizer would otherwise fail on mid-stage (or abort the process with a panic)."""
+    """Stop with the row named (its ``line`` in ``source``) when a question is too long for the
+    windows. Validate rejects such rows with the same settings; this catches validated data left
+    from other settings, which the tokenizer would otherwise fail on mid-stage (or abort the process
+    with a panic), so it runs on each batch before the batch is tokenized."""
     limit = max_question_tokens(tokenizer, params)
     lengths = question_lengths(tokenizer, [r["question"] for r in rows])
-    for line, (row, n) in enumerate(zip(rows, lengths), start=1):
+    for row, n in zip(rows, lengths):
         if n > limit:
             raise DataError(
-                f"{source} line {line} id={row.get('id')!r}: question has {n} tokens; windows of "
-                f"tokenize.max_seq_length {params.max_seq_length} and doc_stride "
+                f"{source} line {row['line']} id={row.get('id')!r}: question has {n} tokens; "
+                f"windows of tokenize.max_seq_length {params.max_seq_length} and doc_stride "
                 f"{params.doc_stride} take at most {limit}: rerun medqa validate with these "
                 "settings and base_model (it rejects such rows)"
             )
@@ -188,18 +200,23 @@ def build_eval_features(
     ]
 
 
-def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
-    """The first ``fraction`` of the training questions in one fixed shuffled order.
+def subset_indices(rows: int, fraction: float) -> list[int]:
+    """Positions of the first ``fraction`` of ``rows`` questions in one fixed shuffled order, in
+    row order.
 
     Subsets are nested (the 25% subset is inside the 50% one), so a learning curve measures more
-    data, not different data. Row order is kept.
+    data, not different data.
     """
+    order = list(range(rows))
+    random.Random(SUBSET_SEED).shuffle(order)
+    return sorted(order[: max(1, round(rows * fraction))])
+
+
+def train_subset(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
+    """The rows at ``subset_indices``; all of them, as they are, when ``fraction`` is 1."""
     if fraction >= 1:
         return rows
-    order = list(range(len(rows)))
-    random.Random(SUBSET_SEED).shuffle(order)
-    keep = sorted(order[: max(1, round(len(rows) * fraction))])
-    return [rows[i] for i in keep]
+    return [rows[i] for i in subset_indices(len(rows), fraction)]
 
 
 def _is_validated_row(row: Any) -> bool:
@@ -217,51 +234,157 @@ def _is_validated_row(row: Any) -> bool:
     )
 
 
-def read_validated(path: Path) -> list[dict[str, Any]]:
-    """A split file written by validate, or one line saying why it cannot be read (missing: validate
-    has not run; unreadable or not JSON lines of questions: it was not written by validate)."""
+@contextmanager
+def _open_validated(path: Path) -> Iterator[TextIO]:
+    """A split file written by validate, open for reading; what goes wrong reading or parsing it
+    becomes one line saying why (missing: validate has not run; not UTF-8 or not JSON lines: it
+    was not written by validate)."""
     try:
-        rows = read_jsonl(path)
+        with open(path, encoding="utf-8") as fh:
+            yield fh
     except FileNotFoundError:
         raise DataError(f"{path}: no such file; run medqa validate first") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
         raise DataError(
             f"{path}: not validated data ({first_line(e)}); rerun medqa validate"
         ) from None
-    for line, row in enumerate(rows, start=1):
-        if not _is_validated_row(row):
-            raise DataError(
-                f"{path} line {line}: not a validated row (question, context, answers); "
-                "rerun medqa validate"
-            )
-    return rows
+
+
+def validated_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The fields tokenize reads of each row of a split file and its line number, checked as read
+    (for ``Dataset.from_generator``: one row at a time); a row not validated stops the run."""
+    with _open_validated(path) as fh:
+        for line, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            row = json.loads(text)
+            if not _is_validated_row(row):
+                raise DataError(
+                    f"{path} line {line}: not a validated row (question, context, answers); "
+                    "rerun medqa validate"
+                )
+            yield {
+                "line": line,
+                "id": row["id"] if isinstance(row.get("id"), str) else None,
+                "question": row["question"],
+                "context": row["context"],
+                "answers": [
+                    {"text": a["text"], "answer_start": int(a["answer_start"])}
+                    for a in row["answers"]
+                ],
+            }
+
+
+def _load_split(path: Path, cache_dir: Path) -> Dataset | None:
+    """A split's rows, as Arrow in ``cache_dir`` as they are read; None for none (refused by
+    ``Dataset.from_generator``)."""
+    from datasets import Dataset, Features, List, Value
+    from datasets.exceptions import DatasetGenerationError
+
+    with _open_validated(path) as fh:
+        if not any(text.strip() for text in fh):
+            return None
+    answer = {"text": Value("string"), "answer_start": Value("int64")}
+    columns = {"line": Value("int64"), "id": Value("string"), "question": Value("string")}
+    features = Features({**columns, "context": Value("string"), "answers": List(answer)})
+    try:
+        return Dataset.from_generator(
+            validated_rows, features=features, gen_kwargs={"path": path}, cache_dir=str(cache_dir)
+        )
+    except DatasetGenerationError as e:  # datasets wraps what the generator raised
+        raise (e.__cause__ if isinstance(e.__cause__, DataError) else e) from None
+
+
+def window_features(tokenizer: PreTrainedTokenizerBase, labelled: bool) -> Features:
+    """The columns of a split's windows: the model inputs the tokenizer makes, then the labels
+    (training) or the example index and offsets (evaluation). The integer widths are the ones
+    ``datasets`` picks for these column names, fixed here so that every batch and process agrees."""
+    from datasets import Features, List, Value
+
+    widths = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8"}
+    names = tokenizer.model_input_names
+    columns: dict[str, Any] = {k: List(Value(w)) for k, w in widths.items() if k in names}
+    if labelled:
+        columns |= {"start_positions": Value("int64"), "end_positions": Value("int64")}
+    else:
+        columns |= {"example_index": Value("int64"), "offset_mapping": List(List(Value("int64")))}
+    return Features(columns)
+
+
+def windows_of_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    params: TokenizeParams,
+    labelled: bool,
+    source: Path,
+) -> dict[str, list[Any]]:
+    """A batch of rows as its windows, column by column; an evaluation window's example index is
+    its row's position in the split, not in the batch."""
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    refuse_long_questions(tokenizer, rows, params, source)
+    if labelled:
+        feats = build_train_features(tokenizer, rows, params)
+    else:
+        feats = build_eval_features(tokenizer, rows, params)
+        for f in feats:
+            f["example_index"] = indices[f["example_index"]]
+    return {k: [f[k] for f in feats] for k in (feats[0] if feats else {})}
+
+
+def worker_processes(rows: int) -> int:
+    """A process per available core, each with at least MIN_ROWS_PER_PROCESS rows to tokenize."""
+    return max(1, min(len(os.sched_getaffinity(0)), rows // MIN_ROWS_PER_PROCESS))
+
+
+def _tokenize_split(
+    split: str, path: Path, out: Path, tokenizer: PreTrainedTokenizerBase, params: TokenizeParams
+) -> int:
+    """Write one split's windows to ``out``; their number (0: no rows, nothing written)."""
+    from datasets import Dataset, DatasetInfo
+
+    rows = _load_split(path, out.parent / f".rows-{split}")  # removed with the stage's temp folder
+    if rows is None:
+        return 0
+    labelled = split == "train"
+    if labelled and params.train_fraction < 1:
+        rows = rows.select(subset_indices(len(rows), params.train_fraction))
+    windows = rows.map(
+        partial(
+            windows_of_batch, tokenizer=tokenizer, params=params, labelled=labelled, source=path
+        ),
+        batched=True,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        features=window_features(tokenizer, labelled),
+        num_proc=worker_processes(len(rows)),
+        load_from_cache_file=False,
+        new_fingerprint=f"{split}-windows",  # not a hash of the tokenizer: work is this run's own
+        desc=f"tokenize {split}",
+    )
+    # saved without the reading's builder info and split name, which vary with the process count
+    info = DatasetInfo(features=windows.features)
+    Dataset(windows.data, info=info, fingerprint=f"{split}-windows").save_to_disk(str(out))
+    return len(windows)
 
 
 def tokenize_splits(
     validated_dir: Path, out_dir: Path, base_model: str, params: TokenizeParams
 ) -> dict[str, int]:
-    """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets."""
-    from datasets import Dataset  # here: validate imports this module for question_limit only
-
+    """Write ``train`` (labelled windows) and ``dev``/``test`` (decodable windows) datasets.
+    Each split streams: rows read into Arrow as they come, tokenized in batches by a process per
+    core and written as they are made, so memory stays flat however large the split."""
     check_window_fits(load_model_config(base_model), params.max_seq_length, base_model)
     tokenizer = load_tokenizer(base_model)
     counts: dict[str, int] = {}
     with stage_output_dir(out_dir) as tmp:
         for split in SPLITS:
             path = Path(validated_dir) / f"{split}.jsonl"
-            rows = read_validated(path)
-            refuse_long_questions(tokenizer, rows, params, path)
-            if split == "train":
-                rows = train_subset(rows, params.train_fraction)
-            if not rows:
-                counts[split] = 0
-                continue
-            build = build_train_features if split == "train" else build_eval_features
-            feats = build(tokenizer, rows, params)
-            Dataset.from_list(feats).save_to_disk(str(tmp / split))
-            counts[split] = len(feats)
+            counts[split] = _tokenize_split(split, path, tmp / split, tokenizer, params)
+            shutil.rmtree(tmp / f".rows-{split}", ignore_errors=True)  # work files only
         write_json_atomic(
             tmp / "summary.json",
             {

@@ -31,7 +31,7 @@ import json
 import re
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ IGNORED_PREFIXES = ("readme", "license", "licence")
 SURROGATE = re.compile("[\ud800-\udfff]")
 FLAT_REQUIRED = ("id", "question", "context")
 HF_REQUIRED = ("id", "question", "context", "answers")
+FRAME_CHUNK_ROWS = 50_000  # rows held as dicts at once while the frame is built
 
 
 def _split_from_name(path: Path) -> str | None:
@@ -109,12 +110,16 @@ def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
         raise DataError(f"{path}: JSON nested too deeply at line {1 + line_offset}") from None
 
 
-def _read_squad(path: Path) -> list[dict[str, Any]]:
+def _read_squad(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a SQuAD JSON file, article by article; each article's parsed objects are let go
+    once its rows are made, so the parsed file and the frame built from it never both sit whole
+    in memory."""
     doc = _parse_json(path, _read_text(path))
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: not SQuAD JSON (expected an object with a 'data' list)")
-    rows = []
-    for a_i, article in enumerate(doc["data"]):
+    articles, split = doc.pop("data"), doc.get("split")
+    for a_i in range(len(articles)):
+        article, articles[a_i] = articles[a_i], None
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
             raise DataError(f"{path}: data[{a_i}] has no 'paragraphs' list")
         for p_i, para in enumerate(article["paragraphs"]):
@@ -126,10 +131,7 @@ def _read_squad(path: Path) -> list[dict[str, Any]]:
                     raise DataError(f"{path}: {where} is not an object")
                 # a SQuAD question's own fields, plus the title and passage it sits under
                 rec = {**qa, "title": article.get("title"), "context": para.get("context")}
-                rows.append(
-                    record_row(rec, answers=qa.get("answers"), split=doc.get("split"), row=where)
-                )
-    return rows
+                yield record_row(rec, answers=qa.get("answers"), split=split, row=where)
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
@@ -171,7 +173,7 @@ def _read_table(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     return df.to_dict("records"), {str(c) for c in df.columns}
 
 
-def _read_flat(path: Path, fmt: str) -> list[dict[str, Any]]:
+def _read_flat(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     records, columns = _read_jsonl(path) if fmt == "jsonl" else _read_table(path, fmt)
     if not records:
         raise DataError(f"{path}: no rows")
@@ -180,7 +182,6 @@ def _read_flat(path: Path, fmt: str) -> list[dict[str, Any]]:
         missing += [c for c in ("answer_text", "answer_start") if c not in columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    rows = []
     for i, rec in enumerate(records):
         answers: Any
         if "answer_text" in columns:
@@ -192,8 +193,7 @@ def _read_flat(path: Path, fmt: str) -> list[dict[str, Any]]:
             )
         else:
             answers = rec.get("answers")
-        rows.append(record_row(rec, answers=answers, split=rec.get("split"), row=f"row {i + 1}"))
-    return rows
+        yield record_row(rec, answers=answers, split=rec.get("split"), row=f"row {i + 1}")
 
 
 def is_saved_hf_dataset(path: Path) -> bool:
@@ -208,7 +208,7 @@ def is_saved_hf_dataset(path: Path) -> bool:
     )
 
 
-def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
+def _read_hf(source: str, saved: bool) -> Iterator[dict[str, Any]]:
     """Rows of a save_to_disk folder (``saved``) or of whatever ``datasets.load_dataset(source)`` loads."""
     import datasets
 
@@ -227,7 +227,6 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
             "network: offline, save it with save_to_disk and set validate.raw_path to that folder"
         ) from None
     parts = obj.items() if isinstance(obj, datasets.DatasetDict) else [(obj.split, obj)]
-    rows = []
     for name, ds in parts:
         split = str(name) if name else None
         missing = [c for c in HF_REQUIRED if c not in ds.column_names]
@@ -235,16 +234,13 @@ def _read_hf(source: str, saved: bool) -> list[dict[str, Any]]:
             raise DataError(
                 f"{source}: split {split or '(unnamed)'} missing column(s) {', '.join(missing)}"
             )
-        rows += [
-            record_row(
+        for i, rec in enumerate(ds):  # row by row: never the whole split as Python objects
+            yield record_row(
                 rec,
                 answers=rec.get("answers"),
                 split=split or rec.get("split"),
                 row=f"{split or ''}[{i}]",
             )
-            for i, rec in enumerate(ds.to_list())
-        ]
-    return rows
 
 
 def _ignored(path: Path) -> bool:
@@ -356,21 +352,26 @@ def read_qa_records(
     Off for a single evaluation file, whose name (``dev.json``) may name one split only.
     """
     raw_path = Path(raw_path)
-    rows: list[dict[str, Any]] = []
+    frames, rows = [], []
     for f, kind in _inputs(raw_path, fmt):
         if kind == "hf":
             file_rows = _read_hf(str(f), saved=is_saved_hf_dataset(f))
         else:
             file_rows = _read_squad(f) if kind == "squad" else _read_flat(f, kind)
-        name_split = _split_from_name(f) if f.exists() else None
+        name_split, source = _split_from_name(f) if f.exists() else None, str(f)
         for r in file_rows:
-            r["source"] = str(f)
+            r["source"] = source
             _refuse_surrogates(r)
             r["split"] = _split_value(r["split"]) or name_split
-        rows.extend(file_rows)
-    if not rows:
+            rows.append(r)
+            if len(rows) == FRAME_CHUNK_ROWS:  # as columns: a row dict weighs more than its values
+                frames.append(pd.DataFrame(rows, columns=COLUMNS, dtype=object))
+                rows = []
+    if rows:
+        frames.append(pd.DataFrame(rows, columns=COLUMNS, dtype=object))
+    if not frames:
         raise DataError(f"{raw_path}: no questions found")
-    df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    df = pd.concat(frames, ignore_index=True)
     if df["split"].isna().all():
         df["split"] = [split_by_context(c) for c in df["context"]]
     elif require_splits:

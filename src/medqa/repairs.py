@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from medqa.checks import passes_row_checks, span_at, well_formed
+from medqa.checks import CHUNK_ROWS, passes_row_checks, span_at, well_formed
 from medqa.records import shown_id
 
 # characters: how far a wrong answer_start may move to an exact occurrence of its text
@@ -134,7 +134,9 @@ def _repair_all_answers(df: pd.DataFrame) -> tuple[dict[int, Any], dict[int, lis
 def _mergeable_groups(df: pd.DataFrame) -> list[list[int]]:
     """Positions of each group of clean rows asking one question on one context in one split that
     ``_mergeable`` lets merge, the first row first (it is the one kept)."""
-    clean = df[[passes_row_checks(row) for row in df.to_dict("records")]]
+    # row dicts a chunk at a time: a million of them at once would outweigh the frame itself
+    chunks = (df.iloc[a : a + CHUNK_ROWS].to_dict("records") for a in range(0, len(df), CHUNK_ROWS))
+    clean = df[[passes_row_checks(row) for chunk in chunks for row in chunk]]
     keys = pd.DataFrame(
         {
             "split": clean["split"],

@@ -21,13 +21,14 @@ from medqa.checks import find_invalid_rows
 from medqa.config import ValidateParams
 from medqa.contracts import REPAIRS_LOG
 from medqa.errors import DataError
-from medqa.fileio import write_json_atomic, write_jsonl_atomic
+from medqa.fileio import dumps_strict, write_json_atomic, write_jsonl_atomic
 from medqa.outdir import stage_output_dir
 from medqa.readers import read_qa_records
 from medqa.records import OUTPUT_COLUMNS, SPLITS, QuestionLimit, shown_id
 from medqa.repairs import Repaired, repair_records
 
 MAX_ROWS_SHOWN = 10
+WRITE_CHUNK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,17 @@ def _failure_summary(
     return "\n".join(lines)
 
 
+def _write_split(path: Path, part: pd.DataFrame) -> int:
+    """Write ``part``'s rows as JSON lines, WRITE_CHUNK_ROWS at a time (never the whole split as
+    dicts and text at once); returns the number of lines. ``path`` is inside a stage folder that is
+    renamed into place whole, so the file needs no atomic write of its own."""
+    with open(path, "w", encoding="utf-8") as out:
+        for start in range(0, len(part), WRITE_CHUNK_ROWS):
+            rows = part.iloc[start : start + WRITE_CHUNK_ROWS][OUTPUT_COLUMNS].to_dict("records")
+            out.writelines(dumps_strict(row) + "\n" for row in rows)
+    return len(part)
+
+
 def _write_splits(
     out_dir: Path, kept: pd.DataFrame, read: pd.DataFrame, repairs: dict[int, Any]
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -159,9 +171,7 @@ def _write_splits(
     with stage_output_dir(out_dir) as tmp:
         for split in SPLITS:
             part = kept[kept["split"] == split]
-            written[split] = write_jsonl_atomic(
-                tmp / f"{split}.jsonl", part[OUTPUT_COLUMNS].to_dict("records")
-            )
+            written[split] = _write_split(tmp / f"{split}.jsonl", part)
             repaired[split] = sum(1 for i in repairs if read.at[i, "split"] == split)
             accepted[split] = sum(1 for i in part.index if i not in repairs)
     return accepted, repaired, written

@@ -922,6 +922,41 @@ def test_tokenize_refuses_a_question_too_long_for_its_windows_with_one_line(
     assert not list(tmp_path.glob(".features.tmp-*"))
 
 
+def test_tokenize_in_worker_processes_writes_what_one_process_writes_and_names_a_bad_row(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from datasets import load_from_disk
+
+    import medqa.features
+    from medqa.config import TokenizeParams
+    from medqa.features import tokenize_splits
+
+    validated = tmp_path / "validated"
+    validated.mkdir()
+    rows = [
+        {"id": f"q{i}", "question": f"Where were drusen seen {i}?", "context": LONG_CONTEXT,
+         "answers": [{"text": "both eyes", "answer_start": 20}]}
+        for i in range(6)
+    ]  # fmt: skip
+    for split in ("train", "dev", "test"):
+        (validated / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = TokenizeParams(128, 48)
+    tokenize_splits(validated, tmp_path / "one", str(tiny_model_dir), params)
+    monkeypatch.setattr(medqa.features, "MIN_ROWS_PER_PROCESS", 1)  # two workers for six rows
+    monkeypatch.setattr(medqa.features.os, "sched_getaffinity", lambda _: {0, 1})
+    tokenize_splits(validated, tmp_path / "two", str(tiny_model_dir), params)
+    for split in ("train", "dev", "test"):
+        one, two = (load_from_disk(str(tmp_path / d / split)) for d in ("one", "two"))
+        assert one.features == two.features and one.to_list() == two.to_list()
+    assert load_from_disk(str(tmp_path / "two" / "dev"))["example_index"][-1] == 5  # not per batch
+
+    rows[4]["question"] = PANIC_QUESTION
+    (validated / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"train\.jsonl line 5 id='q4': question has 333 tokens"):
+        tokenize_splits(validated, tmp_path / "bad", str(tiny_model_dir), params)
+    assert not (tmp_path / "bad").exists()
+
+
 # --- what killed runs leave beside an output: the next run cleans it up, a live run's stays ---
 
 
