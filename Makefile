@@ -60,6 +60,14 @@ bench: setup
 	bash benchmarks/setup_venv.sh || echo "bench: .venv-bench could not be created; the inference reference is skipped"
 	python -m benchmarks.run --preset $(PRESET)
 
+## Corpus scale: validate and tokenize on synthetic SQuAD v2 data of SIZES questions (wall time,
+## questions/s, peak RSS, growth between sizes, tokenize on all cores vs one); writes
+## reports/bench_scale.md. Minutes at 10k, ~10 at 100k on 2 cores; add 1000000 for the full scale.
+SIZES ?= 10000 100000
+.PHONY: bench-scale
+bench-scale: setup
+	python -m benchmarks.scale_bench --sizes $(SIZES)
+
 ## The paper's recipe (recipes/paper.yaml: batch 32, lr 2e-5 for encoder and QA head, 3 epochs, BERT's
 ## attention dropout) as a DVC experiment named paper-recipe, run in a temporary copy (the workspace
 ## keeps the default) and logged to the project's MLflow store; compare it with the default run in
@@ -71,3 +79,10 @@ paper-recipe: setup
 	flags=$$(python -m medqa.overlay recipes/paper.yaml) && \
 		MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db dvc exp run --temp -n paper-recipe $$flags
 	dvc exp show --only-changed --drop 'Created|State|Executor|by_type\..*|has_ans_.*'
+
+## The README's and the guide's predict examples run against this project's trained model (after
+## `make pipeline`), their output compared with the text shown; `python scripts/check_doc_examples.py
+## --update` rewrites the shown output after a retraining.
+.PHONY: doc-examples
+doc-examples: setup
+	python scripts/check_doc_examples.py

@@ -151,17 +151,24 @@ def scripts_first() -> dict[str, str]:
 
 
 @contextmanager
-def listening_to_dvc(handler: logging.Handler) -> Iterator[None]:
-    """Give ``handler`` the "dvc" logger's records, at INFO at least, for the duration of the block:
-    what DVC does to each stage is said nowhere but in those messages."""
+def listening_to_dvc(*handlers: logging.Handler, instead: bool = False) -> Iterator[None]:
+    """Give ``handlers`` the "dvc" logger's records, at INFO at least, for the duration of the block:
+    what DVC does to each stage is said nowhere but in those messages.
+
+    Each message is printed once: DVC's own console handlers print it (or, ``instead``, only
+    ``handlers`` get it), and it goes no further up, where the root logger's handler (Prefect's
+    console in a flow run) would print it again.
+    """
     dvc_logger = logging.getLogger("dvc")
-    level = dvc_logger.level
-    dvc_logger.addHandler(handler)
+    level, own, propagate = dvc_logger.level, dvc_logger.handlers[:], dvc_logger.propagate
+    dvc_logger.handlers[:] = [*([] if instead else own), *handlers]
+    dvc_logger.propagate = False
     dvc_logger.setLevel(min(dvc_logger.getEffectiveLevel(), logging.INFO))
     try:
         yield
     finally:
-        dvc_logger.removeHandler(handler)
+        dvc_logger.handlers[:] = own
+        dvc_logger.propagate = propagate
         dvc_logger.setLevel(level)
 
 
@@ -177,18 +184,36 @@ class _RunCacheWatch(logging.Handler):
         self.restored |= DVC_STAGE_MESSAGES.get(str(record.msg)) == "restored"
 
 
-def reproduce(project_dir: str, stage: str) -> tuple[StageStatus, list[str]]:
+class _ToLogger(logging.Handler):
+    """DVC's messages, as they come, to a logger of the caller's (a flow's run logger, which
+    shows them in the terminal and in the UI alike)."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        super().__init__(logging.INFO)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logger.log(record.levelno, "%s", record.getMessage())
+
+
+def reproduce(
+    project_dir: str,
+    stage: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+) -> tuple[StageStatus, list[str]]:
     """Ask DVC to reproduce this one stage of dvc.yaml in the workspace: what DVC did, and the last
-    lines of stdout (DVC's messages and the stage's own summary) for the run's log.
+    lines of stdout (the stage's own summary, and DVC's messages unless ``logger`` took them
+    instead of DVC's console) for the run's log.
 
     single_item: the upstream stages are the flow's earlier tasks, already reproduced. The stage's
     command runs with this interpreter's scripts folder first on PATH, so `medqa` is the one installed
     next to this Prefect, whichever shell started the worker. Raises StageError.
     """
     watch = _RunCacheWatch()
+    to_logger = [] if logger is None else [_ToLogger(logger)]
     with (
         working_dir(project_dir),
-        listening_to_dvc(watch),
+        listening_to_dvc(watch, *to_logger, instead=logger is not None),
         tee_fd(1) as stdout,
         tee_fd(2) as stderr,
     ):

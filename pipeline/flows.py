@@ -74,10 +74,13 @@ def _final_state(status: StageStatus) -> State[StageStatus]:
 
 @task(retry_condition_fn=_retry_if_transient)
 def reproduce_stage(project_dir: str, stage: str) -> State[StageStatus]:
-    """Ask DVC to reproduce this one stage of dvc.yaml in the workspace and report what it did."""
+    """Ask DVC to reproduce this one stage of dvc.yaml in the workspace and report what it did.
+
+    DVC's messages go to the run's log as they come, once (not also DVC's own print of them); the
+    stage's own output passes through to the terminal and is repeated in the log for the UI."""
     logger = get_run_logger()
-    status, output = reproduce(project_dir, stage)
-    if output:  # DVC's messages and the stage's own summary, for the run's log in the UI
+    status, output = reproduce(project_dir, stage, logger)
+    if output:  # the stage's own summary, for the run's log in the UI
         logger.info("%s:\n%s", stage, "\n".join(output))
     return _final_state(status)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def load_eval_rows(split: str, validated_dir: Path, params: ValidateParams) -> E
     return EvalSet(rows, [f"{path} line {i + 1}" for i in range(len(rows))], [])
 
 
-def _split_label(split: str) -> str:
+def split_label(split: str) -> str:
     """How reports name what was evaluated: "test split", or the data file's path."""
     return f"{split} split" if split in SPLITS else split
 
@@ -109,11 +109,11 @@ def _run_model(
         else:
             folder = Path(model)
         saved = load_saved_model(folder, decoding_file, precision=precision)
-        threshold_from = (
-            f"models:/{name}/{version} (its {DECODING_FILE})"
-            if version and not decoding_file
-            else str(saved.settings_file)
-        )
+        threshold_from = str(saved.settings_file)
+        if version and not decoding_file:  # the download is deleted once scored: name the version
+            threshold_from = f"models:/{name}/{version} (its {DECODING_FILE})"
+            reason = saved.precision_reason.replace(str(saved.settings_file), threshold_from)
+            saved = replace(saved, precision_reason=reason)
         decisions, features, seconds = score_saved_model(saved, data.rows, data.labels, batch_size)
         with precision_context(saved.model, saved.precision):
             speed = measure_speed(
@@ -185,5 +185,5 @@ def evaluate_model(
         )[0]
     records = prediction_records(data.rows, run.decisions, saved.threshold, saved.calibrator)
     write_jsonl_atomic(Path(reports_dir) / REPAIRS_LOG, data.repairs)
-    write_reports(Path(reports_dir), report, decoding, records, _split_label(split))
+    write_reports(Path(reports_dir), report, decoding, records, split_label(split))
     return report

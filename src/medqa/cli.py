@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from medqa.cli_common import REGISTRY_PREFIXES, project_params, require_store
-from medqa.contracts import USER_ERROR_EXIT, error_line
+from medqa.contracts import USER_ERROR_EXIT, error_line, progress_bars_shown
 from medqa.errors import MedqaError
 
 DISCLAIMER = "Research use only; not medical advice."
@@ -36,7 +36,8 @@ def _opens_store_at_once(args: argparse.Namespace) -> bool:
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     """The library logs progress and decisions through ``logging`` under ``medqa``; the command's
-    results go to stdout. -v adds debug detail, -q keeps warnings only (also from transformers)."""
+    results go to stdout. -v adds debug detail, -q keeps warnings only (also from transformers and
+    MLflow). Progress bars follow ``progress_bars_shown``: a terminal's stderr, and not -q."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -46,6 +47,34 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     log.propagate = False
     if quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when MLflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
+    if not progress_bars_shown():
+        _library_bars_off()
+
+
+# the libraries' own switches for their progress bars, read when each is first imported
+_LIBRARY_BARS_OFF = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def _library_bars_off() -> None:
+    """No progress bars from transformers (loading and writing weights), datasets (saving
+    features), the hub or MLflow (artifact downloads): their environment switches, which a stage's
+    child processes inherit, and for a library an in-process caller has imported already, its own
+    function."""
+    os.environ.update(_LIBRARY_BARS_OFF)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def _resolve_paths(args: argparse.Namespace) -> None:

@@ -8,7 +8,9 @@ never changes what another stage imports.
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
@@ -17,7 +19,8 @@ from typing import Any, Literal, get_args
 VALIDATION_REPORT = "validation.json"
 REJECTED_ROWS = "rejected.jsonl"
 REPAIRS_LOG = "repairs.jsonl"
-METRICS_REPORT = "metrics.json"
+METRICS_REPORT = "metrics.json"  # every figure of an evaluation
+HEADLINE_METRICS = "headline.json"  # its headline figures: what `dvc metrics show` lists
 PREDICTIONS_REPORT = "predictions.jsonl"
 ERRORS_REPORT = "errors.md"
 DECODING_FILE = "decoding.json"  # also beside the weights of a registered model
@@ -28,6 +31,10 @@ RISK_COVERAGE_PLOT = "risk_coverage.png"  # answered F1 against the share of que
 MODEL_CARD = "model_card.md"  # with each registered version
 
 # --- beside the weights of a checkpoint -----------------------------------------------------------
+# A served request's fields, and what it may set (MLflow's ``params``): min_confidence replaces the
+# version's answer policy for that request.
+REQUEST_FIELDS = ("question", "context")
+REQUEST_PARAMS = ("min_confidence",)
 INFERENCE_CONFIG = "medqa.json"  # what prediction needs to match training (windows, base model)
 
 # --- the arithmetic a model runs in ---------------------------------------------------------------
@@ -50,6 +57,13 @@ def find_error_line(output: str) -> str | None:
     """The last error line in a command's output (the Prefect flow quotes it), or None."""
     found = _ERROR_LINE.findall(output)
     return found[-1] if found else None
+
+
+def progress_bars_shown() -> bool:
+    """Whether progress bars are drawn: they belong to a terminal, so only on a stderr that is one,
+    and not under `medqa -q`, which sets the "medqa" logger to warnings. Whatever draws a bar asks
+    (predict's batches, the Trainer), and the CLI turns the libraries' own bars off by it."""
+    return sys.stderr.isatty() and logging.getLogger("medqa").isEnabledFor(logging.INFO)
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
+import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from medqa.cli_common import REGISTRY_PREFIXES, Subparsers, precision_option, require_store
 
+log = logging.getLogger(__name__)
+
+# the columns of a question file; a CSV header may spell them in any case
+COLUMNS = ("id", "question", "context")
+REQUIRED_COLUMNS = ("question", "context")
+
 
 def _load_predictor(model: str, decoding: Path | None = None, precision: str | None = None) -> Any:
     """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a
     folder (with ``decoding``: that decoding.json instead of the folder's own, e.g. for a training
-    checkpoint), at its recorded precision or at ``precision``; the choice goes to stderr."""
+    checkpoint), at its recorded precision or at ``precision``; the choice is logged."""
     if model.startswith(REGISTRY_PREFIXES):
         from medqa.server import load_served_model
         from medqa.tracking import configure_tracking
@@ -36,7 +44,7 @@ def _load_predictor(model: str, decoding: Path | None = None, precision: str | N
         from medqa.predictor import QAPredictor
 
         predictor = QAPredictor(model, decoding_file=decoding, precision=precision)
-    print(f"precision {predictor.precision} ({predictor.precision_reason})", file=sys.stderr)
+    log.info("precision %s (%s)", predictor.precision, predictor.precision_reason)
     return predictor
 
 
@@ -91,6 +99,58 @@ def _input_format(args: argparse.Namespace, name: str, source: Any) -> tuple[str
     return args.format, source
 
 
+def read_records(lines: Iterable[str], fmt: str) -> Iterator[tuple[int, int, Any]]:
+    """(record number, line, record) of each record of a JSONL or CSV stream, one at a time (files
+    of any size). Records are numbered from 1 in either format: a CSV header and blank lines are
+    not records. The line, for errors, is the record's in the file (in a CSV file its last line: a
+    quoted field may span several).
+    """
+    from medqa.errors import DataError
+
+    if fmt == "csv":
+        yield from _csv_records(lines)
+        return
+    number = 0
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"line {line}: invalid JSON ({e.msg} at column {e.colno})") from None
+        number += 1
+        yield number, line, record
+
+
+def _csv_records(lines: Iterable[str]) -> Iterator[tuple[int, int, dict[str, str]]]:
+    """``read_records`` of a CSV stream whose first row names the columns."""
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:
+        return
+    reader.fieldnames = _csv_columns(reader.fieldnames, reader.line_num)
+    for number, row in enumerate(reader, start=1):
+        yield number, reader.line_num, row
+
+
+def _csv_columns(header: Sequence[str], line: int) -> list[str]:
+    """The header with id, question and context matched in any case and around spaces (a
+    spreadsheet's `ID,Question,Context` reads); a missing or doubled column is refused, naming the
+    columns the header has."""
+    from medqa.errors import DataError
+
+    names = [h.strip().lower() if h.strip().lower() in COLUMNS else h for h in header]
+    found = ", ".join(repr(h) for h in header)
+    doubled = [c for c in COLUMNS if names.count(c) > 1]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if doubled or missing:
+        why = f"{doubled[0]!r} is named twice" if doubled else f"no {missing[0]!r} column"
+        raise DataError(
+            f"line {line}: {why}; the header has {found} (needed: question and context, "
+            "optionally id, in any case)"
+        )
+    return names
+
+
 @contextlib.contextmanager
 def _streams(
     args: argparse.Namespace, name: str, out_path: Path | None
@@ -137,14 +197,21 @@ def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
     place at the end) or stdout. A bad record stops the run, named by the input it came from."""
     from tqdm import tqdm
 
+    from medqa.contracts import progress_bars_shown
     from medqa.errors import DataError
-    from medqa.predictor import predict_stream, read_records
+    from medqa.predictor import predict_stream
 
     name = "stdin" if args.input == "-" else args.input
     out_path = Path(args.output) if args.output not in (None, "-") else None
     with (
         _streams(args, name, out_path) as (source, sink),
-        tqdm(unit="rec", desc="predict", file=sys.stderr, dynamic_ncols=True) as bar,
+        tqdm(
+            unit="rec",
+            desc="predict",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not progress_bars_shown(),
+        ) as bar,
     ):
         try:
             fmt, lines = _input_format(args, name, source)
@@ -162,7 +229,7 @@ def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
         if out_path:
             sink.close()
             os.replace(sink.name, out_path)
-    print(f"predicted {n} records" + (f" -> {out_path}" if out_path else ""), file=sys.stderr)
+    log.info("predicted %d records%s", n, f" -> {out_path}" if out_path else "")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -190,7 +257,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
     elif result["abstained"]:
-        print(f"no answer: {result['reason']} (confidence {_share(result['confidence'])})")
+        print(f"no answer: {result['reason']}\nconfidence: {_share(result['confidence'])}")
     else:
         print(
             f"answer: {result['answer']}\nconfidence: {_share(result['confidence'])} "
@@ -212,8 +279,9 @@ def add_parsers(sub: Subparsers) -> None:
         description="Single mode: --question and --context. Batch mode: --input, a JSONL or CSV "
         "file (or - for stdin) with question, context and optional id; read in a "
         "stream, predicted in batches, written as JSONL (id, answer, score, start, end, "
-        "abstained). A result's id is the record's id, else its line number. A bad "
-        "record stops the run naming its line (exit 2).",
+        "abstained). A result's id is the record's id, else its record number (1 for the "
+        "first record: a CSV header and blank lines do not count). CSV column names match in "
+        "any case. A bad record stops the run naming its line (exit 2).",
     )
     s.add_argument(
         "--model",

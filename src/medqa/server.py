@@ -22,8 +22,11 @@ It differs where that server failed its users (issue 20):
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from io import StringIO
@@ -38,7 +41,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from medqa.errors import ModelError
+from medqa.contracts import REQUEST_FIELDS, REQUEST_PARAMS
+from medqa.errors import ConfigError, ModelError
 from medqa.predictor import PredictionStopped
 
 log = logging.getLogger(__name__)
@@ -71,10 +75,13 @@ def _error(status: int, code: str, message: str) -> Response:
 def as_frame(parsed: Any) -> Any:
     """A parsed request as a DataFrame: ``instances`` and ``inputs`` parse to a list of records or
     a dict of columns (or of one record's values), which the pyfunc would turn into one anyway."""
+    import numpy as np
     import pandas as pd
 
     if isinstance(parsed, pd.DataFrame):
         return parsed
+    if isinstance(parsed, dict):  # parsed without a schema, values come as numpy arrays
+        parsed = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in parsed.items()}
     try:
         return pd.DataFrame(parsed)
     except ValueError:  # a dict of scalars: one record
@@ -102,7 +109,6 @@ class ScoringApp:
         self.model = model
         self.about = about or {}
         self.predictor = model.unwrap_python_model().predictor
-        self.schema = model.metadata.get_input_schema()
         self.max_records, self.max_chars = max_records, max_chars
         # JSON escapes take up to 6 bytes a character; beyond this the body is refused unread
         self.max_body_bytes = 6 * max_chars + 65_536
@@ -161,6 +167,39 @@ class ScoringApp:
                 )
         return bytes(body)
 
+    def _policy_problem(self, params: Any) -> str | None:
+        """Why a request's ``params`` (MLflow's per-request settings) cannot be used, or None.
+
+        ``min_confidence`` replaces the version's answer policy for that request (0: every answer
+        the threshold lets through; 1: none); a version registered before it could be asked for
+        says so instead of silently ignoring it.
+        """
+        if params is None:
+            return None
+        if not isinstance(params, dict):
+            return f"params must be an object such as {{{REQUEST_PARAMS[0]!r}: 0.5}}"
+        unknown = sorted(set(params) - set(REQUEST_PARAMS))
+        if unknown:
+            return f"unknown params {unknown}; this server takes {list(REQUEST_PARAMS)}"
+        if self.model.metadata.get_params_schema() is None:
+            return f"{self.about.get('model')} was registered before per-request params existed"
+        floor = params.get("min_confidence")
+        if floor is not None and (
+            isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor <= 1
+        ):
+            return f"params.min_confidence must be a number from 0 to 1 or null, got {floor!r}"
+        return None
+
+    def _record_problem(self, frame: Any) -> str | None:
+        """The first record that cannot be answered and why, named by its place in the request."""
+        if len(frame) and not set(REQUEST_FIELDS) & set(frame.columns):
+            return f"no record has {' or '.join(REQUEST_FIELDS)}; send records like {{question, context}}"
+        rows = frame.reindex(columns=list(REQUEST_FIELDS)).astype(object)
+        for i, record in enumerate(rows.where(rows.notna(), None).to_dict("records")):
+            if (why := self.predictor.problem(record)) is not None:
+                return f"record {i + 1}: {why}"
+        return None
+
     async def invocations(self, request: Request) -> Response:
         """Parse as MLflow does, refuse what is over the limits, predict all records at once."""
         from mlflow.exceptions import MlflowException
@@ -180,8 +219,11 @@ class ScoringApp:
             return _error(400, "BAD_REQUEST", f"the body is not valid UTF-8 JSON ({e})")
         if not isinstance(data, dict):
             return _error(400, "BAD_REQUEST", "expected a JSON object such as {dataframe_records}")
-        try:
-            parsed = await anyio.to_thread.run_sync(infer_and_parse_data, data, self.schema)
+        params = data.pop("params", None)
+        if (why := self._policy_problem(params)) is not None:
+            return _error(400, "BAD_REQUEST", why)
+        try:  # parsed without the schema: its type errors dump the frame, ``_record_problem`` names
+            parsed = await anyio.to_thread.run_sync(lambda: infer_and_parse_data(data))
             frame = as_frame(parsed)
             records, chars = request_size(frame)
             if records > self.max_records:
@@ -195,8 +237,10 @@ class ScoringApp:
                     self.max_chars,
                     "--max-chars / serve.max_chars",
                 )
+            if (why := self._record_problem(frame)) is not None:
+                return _error(400, "BAD_REQUEST", why)
             async with self.one_at_a_time:
-                predictions = await anyio.to_thread.run_sync(self.model.predict, frame)
+                predictions = await anyio.to_thread.run_sync(self.model.predict, frame, params)
         except PredictionStopped as e:
             return _error(503, "SERVICE_UNAVAILABLE", str(e))
         except MlflowException as e:
@@ -207,15 +251,47 @@ class ScoringApp:
 
 
 class _StoppingServer(uvicorn.Server):
-    """uvicorn's server whose exit signal also stops the prediction in progress."""
+    """uvicorn's server whose exit signal also stops the prediction in progress, and which says
+    where it serves only once it listens: a user or script that reads the line may send at once."""
 
-    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
+    def __init__(self, config: uvicorn.Config, stop: threading.Event, announcement: str) -> None:
         super().__init__(config)
         self._stop = stop
+        self._announcement = announcement
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self._announcement, file=sys.stderr, flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._stop.set()
         super().handle_exit(sig, frame)
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` but not yet listening: a busy port, or an address this
+    machine does not have, is refused in one line before the model loads (seconds to minutes), and
+    until it has loaded a client's connection is refused rather than left waiting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides it
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+            why = "the port is in use: stop what listens there, or choose another --port"
+        else:
+            why = f"{getattr(e, 'strerror', None) or e} (check --host and --port)"
+        raise ConfigError(f"cannot serve on {host}:{port}: {why}") from None
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    """The base URL of a bound socket: its real port (``--port 0`` picks one) and address."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def load_served_model(uri: str, precision: str | None = None) -> Any:
@@ -261,7 +337,19 @@ def serve(
     max_chars: int,
 ) -> None:
     """Load ``uri`` and answer requests on ``host:port`` until SIGTERM or SIGINT; ``max_records``
-    and ``max_chars`` bound each request (params.yaml's serve group)."""
+    and ``max_chars`` bound each request (params.yaml's serve group). The port is taken before the
+    model loads and announced on stderr once it listens."""
+    sock = bind_port(host, port)
+    try:
+        _serve_on(sock, uri, precision, max_records, max_chars)
+    finally:
+        sock.close()
+
+
+def _serve_on(
+    sock: socket.socket, uri: str, precision: str | None, max_records: int, max_chars: int
+) -> None:
+    """``serve`` on a bound socket, which uvicorn makes listen once the model is loaded."""
     started = time.perf_counter()
     model = load_served_model(uri, precision)
     scoring = ScoringApp(model, max_records, max_chars, describe_served(uri))
@@ -277,14 +365,12 @@ def serve(
     )
     config = uvicorn.Config(
         scoring.app,
-        host=host,
-        port=port,
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         log_level="info",
     )
-    server = _StoppingServer(config, p.stop)
+    server = _StoppingServer(config, p.stop, f"serving {uri} at {_url(sock)}/invocations")
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped for: a normal end here
         return

@@ -1,7 +1,8 @@
 """Print the headline of the last pipeline run: test EM/F1, baselines, and the registry decision.
 
-``python -m medqa.summary`` — what ``make pipeline`` ends with (``dvc metrics show`` has every
-figure). The reports folder is params.yaml's ``paths.reports``, where dvc.yaml has the stages write.
+``python -m medqa.summary`` — what ``make pipeline`` ends with (reports/metrics.json has every
+figure, ``dvc metrics show`` the headline). The reports folder is params.yaml's ``paths.reports``,
+where dvc.yaml has the stages write.
 """
 
 from __future__ import annotations

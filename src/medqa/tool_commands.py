@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from medqa.cli_common import (
@@ -98,7 +97,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     model = args.model or f"models:/{args.name or p.register.model_name}@champion"
     if model.startswith(REGISTRY_PREFIXES):  # a pyfunc folder needs no registry
         configure_tracking()
-    print(f"serving {model} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
     serve(model, args.host, args.port, args.precision, max_records, max_chars)
 
 
@@ -187,7 +185,7 @@ def _add_serve(sub: Subparsers) -> None:
 def cmd_evaluate_adhoc(args: argparse.Namespace) -> None:
     """`medqa evaluate --model/--split`: any model on any data file, scored as it is served, the
     file checked and repaired by the validate stage's policy."""
-    from medqa.adhoc_eval import default_reports_dir, evaluate_model
+    from medqa.adhoc_eval import default_reports_dir, evaluate_model, split_label
     from medqa.stage_commands import print_scores
 
     p = project_params(args)
@@ -196,7 +194,7 @@ def cmd_evaluate_adhoc(args: argparse.Namespace) -> None:
     r = evaluate_model(
         model, split, args.validated, reports, p.validate, p.evaluate, args.decoding, args.precision
     )
-    print_scores(r["split"], r)
+    print_scores(split_label(split), r)
     print(f"precision {r['precision']} ({r['precision_reason']})")
     print(
         f"null threshold {r['null_threshold']:.4f} from {r['threshold_from']}; reports in {reports}"

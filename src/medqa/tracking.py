@@ -12,15 +12,24 @@ re-rooted to the folder it now sits in, and stderr says so once.
 
 One run per training; register logs to it by run id without reopening it (a reopened run's end
 time, hence its duration in the UI, moves to the end of the registration).
+
+A tracking server is asked once, up front, whether it answers (``check_tracking_server``): MLflow's
+own client retries a refused connection 7 times with exponential backoff, minutes of silence that
+look like a hang when a teammate's server is down or an old export lingers. Its retries are bounded
+here too (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), for a server that stops answering mid-run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sqlite3
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -45,6 +54,13 @@ LOCATION_COLUMNS = (
 )
 # SQLite's words for a store it may read but not write (the file, or its folder for the journal)
 READ_ONLY_SIGNS = ("readonly database", "unable to open database file", "read-only file system")
+# how long a tracking server may take to answer the first request before the command gives up
+TIMEOUT_ENV = "MEDQA_TRACKING_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 5.0
+# MLflow's retries of one request when the user has not chosen (MLflow's 7, with backoff, take
+# minutes; 2 take seconds): rate-limited hosted stores are not this project's servers
+MLFLOW_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+DEFAULT_MLFLOW_RETRIES = "2"
 
 
 # MLflow copies the URI it is given into MLFLOW_TRACKING_URI: a local store's URI found there was
@@ -69,6 +85,9 @@ def configure_tracking(root: Path | None = None) -> str:
     if not uri:
         local_root = Path(root or find_project_root() or Path.cwd()).resolve()
         uri = _local_uri = _local_store(local_root)
+    elif urlparse(uri).scheme in ("http", "https"):
+        check_tracking_server(uri)
+        os.environ.setdefault(MLFLOW_RETRIES_ENV, DEFAULT_MLFLOW_RETRIES)
     if uri != mlflow.get_tracking_uri():
         _forget_artifact_locations()
     mlflow.set_tracking_uri(uri)
@@ -77,6 +96,46 @@ def configure_tracking(root: Path | None = None) -> str:
         mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri, local_root))
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def tracking_timeout() -> float:
+    """Seconds to wait for a tracking server's first answer: ``MEDQA_TRACKING_TIMEOUT_S``, else 5."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds above 0")
+    return seconds
+
+
+def check_tracking_server(uri: str) -> None:
+    """Refuse, in one line, a tracking server that does not answer within ``tracking_timeout()``.
+
+    Any HTTP answer will do, an error status or a certificate MLflow may be told to accept
+    included: only silence or a refused connection is this check's business, and what the server
+    answers next is MLflow's (its errors are one line too, ``explain_store_error``).
+    """
+    timeout = tracking_timeout()
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            return  # it answered TLS; whether to trust it is MLflow's setting
+        why = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+    except (OSError, ValueError) as e:  # a timeout while reading, or a URI urllib cannot parse
+        why = first_line(e) if not isinstance(e, TimeoutError) else "timed out"
+    raise ConfigError(
+        f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer ({why}): start "
+        "it (docs/team.md), or unset MLFLOW_TRACKING_URI to use the project's own store; "
+        f"{TIMEOUT_ENV} (now {timeout:g}) is how many seconds to wait for it"
+    )
 
 
 def _artifact_root(uri: str, local_root: Path | None) -> str | None:

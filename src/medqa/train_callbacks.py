@@ -1,5 +1,6 @@
 """Trainer callbacks of the train stage: the per-epoch dev monitor (loss and dev EM/F1 to MLflow,
-the curve kept on disk for resuming) and checkpoints every ``train.save_steps`` steps."""
+the curve kept on disk for resuming), checkpoints every ``train.save_steps`` steps, and the
+Trainer's progress output kept to a terminal's stderr."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 
 import mlflow
 from transformers import (
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
     TrainerCallback,
     TrainerControl,
     TrainerState,
@@ -127,3 +131,26 @@ class SaveEverySteps(TrainerCallback):
     ) -> None:
         if self.steps > 0 and state.global_step % self.steps == 0:
             control.should_save = True
+
+
+class _BarsWithoutLogs(ProgressCallback):
+    """The Trainer's progress bars without the log dicts it writes beside them to stdout."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        return None
+
+
+def keep_progress_off_stdout(trainer: Trainer) -> None:
+    """Only the command's result goes to stdout, so the Trainer's log dicts do not: its printer
+    (the Trainer's choice when its bars are off) goes, and its bars (drawn when
+    ``contracts.progress_bars_shown``) stay without them. DevF1Monitor logs each epoch's loss."""
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_BarsWithoutLogs())

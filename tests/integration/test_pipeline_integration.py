@@ -104,7 +104,7 @@ def test_dvc_repro_end_to_end_then_cache_then_registry_lookup(project):
         assert f"Running stage '{upstream}'" not in upgraded
 
     shown = sh([*dvc, "metrics", "show", "--json"], proj, env)
-    assert "reports/metrics.json" in shown
+    assert "reports/headline.json" in shown and "by_type" not in shown
 
     # a fresh process looks the champion up in the registry by alias
     context = "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after loading."
