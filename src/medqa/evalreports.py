@@ -1,14 +1,14 @@
 """What an evaluation reports, in either mode (the evaluate stage, ``medqa.evaluation``, and the
 ad-hoc mode, ``medqa.adhoc_eval``): speed figures, one line per question, an error report by question
-type, and the files they are written to. Shared here so that the stage never imports the ad-hoc mode.
+type, the headline figures, and the files they are written to. Shared here so that the stage never
+imports the ad-hoc mode.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from medqa.calibration import Calibrator, decide
 from medqa.contracts import (
     DECODING_FILE,
     ERRORS_REPORT,
+    HEADLINE_METRICS,
     METRICS_REPORT,
     PREDICTIONS_REPORT,
     DecodingSettings,
@@ -25,12 +26,12 @@ from medqa.contracts import (
 from medqa.decoding import SpanDecision, predict_logits
 from medqa.fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medqa.metrics import score_question
-from medqa.scoring import gold_texts
+from medqa.scoring import first_questions, gold_texts, questions_with_windows
 
 
 def measure_speed(
     model: PreTrainedModel,
-    features: Sequence[dict[str, Any]],
+    features: Iterable[dict[str, Any]],
     batch_size: int,
     pad_id: int,
     batched_seconds: float,
@@ -42,14 +43,12 @@ def measure_speed(
     (``span_decisions_timed`` on the scored split), so throughput costs no extra pass; only the
     first ``n_single`` questions are run again, one at a time, for latency.
     """
-    if not features:
+    questions = questions_with_windows(features)
+    if not questions:
         return {}
-    by_example: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for f in features:
-        by_example[int(f["example_index"])].append(f)
-    qps = len(by_example) / batched_seconds
+    qps = questions / batched_seconds
     singles = []
-    for ex in list(by_example.values())[:n_single]:
+    for ex in first_questions(features, n_single):
         t0 = time.perf_counter()
         predict_logits(model, ex, batch_size, pad_id)
         singles.append((time.perf_counter() - t0) * 1000)
@@ -123,6 +122,27 @@ def prediction_records(
     return records
 
 
+def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures a reader compares first, flat and few, for `dvc metrics show` and `dvc exp show`
+    (metrics.json has every figure: per question type, calibration, speed, about a hundred columns
+    in those tables). Named as in metrics.json; there best_baseline_f1 is under baselines_f1, and
+    ece and the policy's figures under calibration."""
+    baselines = report.get("baselines_f1") or {}
+    calibration = report.get("calibration") or {}
+    figures = {
+        "n": report.get("n"),
+        "exact": report.get("exact"),
+        "f1": report.get("f1"),
+        "dev_f1": report.get("dev_f1"),
+        "best_baseline_f1": baselines.get(report.get("best_baseline")),
+        "lead_over_best_baseline": report.get("lead_over_best_baseline"),
+        "ece": calibration.get("ece"),
+        "policy_coverage": calibration.get("policy_coverage"),
+        "policy_answered_f1": calibration.get("policy_answered_f1"),
+    }
+    return {k: v for k, v in figures.items() if v is not None}
+
+
 def write_reports(
     reports_dir: Path,
     report: dict[str, Any],
@@ -130,11 +150,13 @@ def write_reports(
     records: list[dict[str, Any]],
     split: str,
 ) -> None:
-    """The four files of one evaluation: predictions, the error report, the decoding settings the
-    answers were read with, and the metrics; each written atomically, never half-written."""
+    """The five files of one evaluation: predictions, the error report, the decoding settings the
+    answers were read with, the metrics and their headline; each written atomically, never
+    half-written."""
     write_jsonl_atomic(reports_dir / PREDICTIONS_REPORT, records)
     write_text_atomic(
         reports_dir / ERRORS_REPORT, error_report(records, report.get("by_type", {}), split=split)
     )
     write_json_atomic(reports_dir / DECODING_FILE, decoding.to_json())
     write_json_atomic(reports_dir / METRICS_REPORT, report)
+    write_json_atomic(reports_dir / HEADLINE_METRICS, headline_metrics(report))

@@ -64,12 +64,14 @@ class _Passes:
 
 def _load_split(
     features_dir: Path, validated_dir: Path, split: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The split's windows (a Dataset, or [] without rows) and its validated rows."""
     from datasets import load_from_disk
 
     rows = read_jsonl(Path(validated_dir) / f"{split}.jsonl")
     path = Path(features_dir) / split
-    return (load_from_disk(str(path)).to_list() if rows and path.exists() else []), rows
+    # the windows stay in their Arrow files: scoring streams them (``scoring.question_chunks``)
+    return (load_from_disk(str(path)) if rows and path.exists() else []), rows
 
 
 def _load_checkpoint(
@@ -186,10 +188,7 @@ def evaluate_checkpoint(
     model_dir, reports_dir = Path(model_dir), Path(reports_dir)
     config = json.loads((model_dir / INFERENCE_CONFIG).read_text())
     model, pad, precision, precision_reason = _load_checkpoint(model_dir, params)
-    dev, test = (
-        _load_split(features_dir, validated_dir, "dev"),
-        _load_split(features_dir, validated_dir, "test"),
-    )
+    dev, test = (_load_split(features_dir, validated_dir, split) for split in ("dev", "test"))
     passes = _run_passes(model, base_model, dev, test, params, pad, precision)
     test_rows = test[1]
     preds = [d.answer(passes.threshold) for d in passes.test]
@@ -212,8 +211,10 @@ def evaluate_checkpoint(
         "precision": precision,
         "precision_reason": precision_reason,
     }
-    cal = fit_calibrator(passes.dev, dev[1], passes.threshold, params.target_f1)
-    report["calibration"] = _calibration_reports(cal, passes, test_rows, params, reports_dir)
+    cal, selection = fit_calibrator(passes.dev, dev[1], passes.threshold, params.target_f1)
+    report["calibration"] = _calibration_reports(
+        cal, selection, passes, test_rows, params, reports_dir
+    )
     decoding = DecodingSettings(
         n_best=params.decode.n_best,
         max_answer_length=params.decode.max_answer_length,
@@ -235,15 +236,18 @@ def evaluate_checkpoint(
 
 def _calibration_reports(
     cal: Calibrator,
+    selection: list[dict[str, Any]],
     passes: _Passes,
     test_rows: list[dict[str, Any]],
     params: EvaluateParams,
     reports_dir: Path,
 ) -> dict[str, Any]:
-    """How the dev-fitted confidence holds on test, and its two plots beside the reports."""
+    """How the dev-fitted confidence holds on test, the signals it reads (and the rounds of their
+    selection on dev), and its two plots beside the reports."""
     report, curves = calibration_report(
         cal, passes.test, test_rows, passes.threshold, params.bootstrap_samples
     )
+    report["signals"] = {"chosen": list(cal.features), "selection": selection}
     reliability_png(
         reports_dir / RELIABILITY_PLOT,
         {"calibrated": curves["confidence"], "raw span score": curves["raw_score"]},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,60 @@ def gold_texts(row: dict[str, Any]) -> list[str]:
     return [a["text"] for a in row["answers"]]
 
 
+# Windows held in memory at once by a scoring pass: bounds its memory whatever the split's size (a
+# window is ~10 KB as Python lists), and is large enough that batches sorted by length inside it
+# pad little.
+CHUNK_WINDOWS = 4096
+
+
+def _windows(features: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each window as a dict; a ``datasets.Dataset`` is read from its Arrow files a batch at a
+    time instead of being turned into one list (``.to_list()`` of a 100k-question split does not
+    fit in memory)."""
+    if hasattr(features, "iter"):
+        for batch in features.iter(batch_size=256):
+            yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+    else:
+        yield from features
+
+
+def first_questions(features: Iterable[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
+    """The windows of the first ``n`` questions that have any, one list per question."""
+    out: list[list[dict[str, Any]]] = []
+    for window in _windows(features):
+        if not out or window["example_index"] != out[-1][0]["example_index"]:
+            if len(out) == n:
+                break
+            out.append([])
+        out[-1].append(window)
+    return out
+
+
+def questions_with_windows(features: Iterable[dict[str, Any]]) -> int:
+    """How many questions have windows (a Dataset's index column is read alone)."""
+    if hasattr(features, "iter"):
+        return len(set(features["example_index"]))  # type: ignore[index]
+    return len({w["example_index"] for w in features})
+
+
+def question_chunks(
+    features: Iterable[dict[str, Any]], chunk_windows: int = CHUNK_WINDOWS
+) -> Iterator[list[dict[str, Any]]]:
+    """The windows in order, in lists of about ``chunk_windows`` that never split the windows of
+    one question (tokenize writes them consecutively)."""
+    chunk: list[dict[str, Any]] = []
+    for window in _windows(features):
+        if len(chunk) >= chunk_windows and window["example_index"] != chunk[-1]["example_index"]:
+            yield chunk
+            chunk = []
+        chunk.append(window)
+    if chunk:
+        yield chunk
+
+
 def span_decisions_timed(
     model: PreTrainedModel,
-    features: Sequence[dict[str, Any]],
+    features: Iterable[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
     decode: DecodeParams,
     batch_size: int,
@@ -35,16 +86,28 @@ def span_decisions_timed(
     """One SpanDecision per question from the model over a split's windows, and the seconds of its
     batched model forward over all of ``features``.
 
-    The pass is timed where it runs so throughput needs no second pass over the split; decoding is
-    left out of the clock, as it was when throughput had a pass of its own. ``predict_logits`` copies
-    every batch's logits to the CPU, so on a GPU the clock stops only when the work is done.
+    The windows stream through in chunks of whole questions (``question_chunks``): each chunk's
+    logits are decoded and dropped before the next is read, so memory holds one chunk, not the
+    split. The pass is timed where it runs so throughput needs no second pass; decoding is left out
+    of the clock. ``predict_logits`` copies every batch's logits to the CPU, so on a GPU the clock
+    stops only when the work is done.
     """
-    if not rows:
-        return [], 0.0
-    start = time.perf_counter()
-    starts, ends = predict_logits(model, features, batch_size, pad_id)
-    seconds = time.perf_counter() - start
-    return decode_best_spans(features, starts, ends, [r["context"] for r in rows], decode), seconds
+    contexts, questions = [r["context"] for r in rows], [r["question"] for r in rows]
+    decisions: list[SpanDecision] = []
+    seconds = 0.0
+    for chunk in question_chunks(features):
+        start = time.perf_counter()
+        starts, ends = predict_logits(model, chunk, batch_size, pad_id)
+        seconds += time.perf_counter() - start
+        first, last = len(decisions), int(chunk[-1]["example_index"]) + 1
+        local = [w | {"example_index": int(w["example_index"]) - first} for w in chunk]
+        decisions += decode_best_spans(
+            local, starts, ends, contexts[first:last], decode, questions[first:last]
+        )
+    if len(decisions) < len(rows):  # trailing questions without a window: no span, no answer
+        rest = len(decisions)
+        decisions += decode_best_spans([], [], [], contexts[rest:], decode, questions[rest:])
+    return decisions, seconds
 
 
 def f1_of(pred: str, golds: Sequence[str]) -> float:

@@ -44,7 +44,7 @@ from transformers import (
 )
 
 from medqa.config import Params, as_dict
-from medqa.contracts import INFERENCE_CONFIG, TRAIN_CURVE
+from medqa.contracts import INFERENCE_CONFIG, TRAIN_CURVE, progress_bars_shown
 from medqa.device import (
     DeviceInfo,
     detect_device,
@@ -63,7 +63,7 @@ from medqa.tracking import (
     folder_digest,
     git_commit,
 )
-from medqa.train_callbacks import DevF1Monitor, SaveEverySteps
+from medqa.train_callbacks import DevF1Monitor, SaveEverySteps, keep_progress_off_stdout
 from medqa.train_state import (
     CURVE_FILE,
     STATE_FILE,
@@ -94,7 +94,7 @@ class TrainInputs:
     tokenizer: Any
     model: PreTrainedModel
     train_ds: Any
-    dev_features: list[dict[str, Any]]
+    dev_features: Any  # a Dataset of the dev windows, or [] without dev
     dev_rows: list[dict[str, Any]]
     tokenize_summary: dict[str, Any]
 
@@ -118,7 +118,8 @@ def _load_inputs(features_dir: Path, validated_dir: Path, params: Params) -> Tra
         tokenizer=load_tokenizer(params.base_model),
         model=load_qa_model(params.base_model, params.train.attention_dropout),
         train_ds=load_from_disk(str(features_dir / "train")),
-        dev_features=load_from_disk(str(dev_path)).to_list() if dev_path.exists() else [],
+        # streamed by the per-epoch monitor (scoring.question_chunks), never a list of the split
+        dev_features=load_from_disk(str(dev_path)) if dev_path.exists() else [],
         dev_rows=read_jsonl(validated_dir / "dev.jsonl"),
         tokenize_summary=json.loads((features_dir / "summary.json").read_text()),
     )
@@ -235,7 +236,7 @@ def _training_args(
         eval_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
-        disable_tqdm=not is_main,
+        disable_tqdm=not (is_main and progress_bars_shown()),
         ddp_backend="gloo" if info.backend == "cpu" and world_size > 1 else None,
     )
 
@@ -312,6 +313,7 @@ def _fine_tune(
         callbacks=[monitor, SaveEverySteps(tp.save_steps)],
         optimizers=(build_optimizer(inputs.model, tp), None),
     )
+    keep_progress_off_stdout(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start

@@ -1,0 +1,61 @@
+"""Scoring streams a split's windows in chunks of whole questions (issue "Corpus-scale data"): the
+decisions are those of one pass over the whole split, read from Arrow without a list of it."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from helpers import tiny_squad_slice
+from medqa import scoring
+from medqa.config import DecodeParams, TokenizeParams
+from medqa.features import build_eval_features
+from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
+
+WINDOWS = TokenizeParams(max_seq_length=64, doc_stride=32)  # several windows per question
+
+
+@pytest.fixture(scope="module")
+def split(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = [
+        {"id": qa["id"], "question": qa["question"], "context": p["context"], "answers": []}
+        for article in tiny_squad_slice("dev", 2)["data"]
+        for p in article["paragraphs"]
+        for qa in p["qas"]
+    ][:12]
+    features = build_eval_features(tokenizer, rows, WINDOWS)
+    assert len(features) > 2 * len(rows)  # the windows of a question are several
+    return load_qa_model(str(tiny_model_dir)), pad_id(tokenizer), rows, features
+
+
+def test_chunks_never_split_a_question(split):
+    *_, features = split
+    chunks = list(scoring.question_chunks(Dataset.from_list(features), chunk_windows=5))
+    assert sum(len(c) for c in chunks) == len(features) and len(chunks) > 2
+    assert all(len(c) >= 5 for c in chunks[:-1])
+    seen = [c[0]["example_index"] for c in chunks[1:]]
+    assert all(prev[-1]["example_index"] < first for prev, first in zip(chunks, seen))
+    assert len(scoring.first_questions(features, 3)) == 3
+    assert scoring.questions_with_windows(Dataset.from_list(features)) == len(
+        {f["example_index"] for f in features}
+    )
+
+
+def test_streamed_decisions_are_those_of_one_pass(split, monkeypatch):
+    model, pad, rows, features = split
+    decode = DecodeParams(n_best=5, max_answer_length=10)
+    whole, _ = scoring.span_decisions_timed(model, features, rows, decode, 8, pad)
+    monkeypatch.setattr(scoring, "CHUNK_WINDOWS", 7)
+    streamed, seconds = scoring.span_decisions_timed(
+        model, Dataset.from_list(features), rows, decode, 8, pad
+    )
+    assert seconds > 0 and len(streamed) == len(rows)
+    key = [(d.best_text, d.start, d.end) for d in whole]
+    assert [(d.best_text, d.start, d.end) for d in streamed] == key
+    assert [d.answer_prob for d in streamed] == pytest.approx([d.answer_prob for d in whole])
+    # a question without windows at the end still gets its (empty) decision
+    partial, _ = scoring.span_decisions_timed(
+        model, [f for f in features if f["example_index"] < len(rows) - 1], rows, decode, 8, pad
+    )
+    assert len(partial) == len(rows) and partial[-1].best_text == ""
