@@ -187,6 +187,16 @@ def register_version(
     )
 
 
+# A calibrator that says 0.5 for every answer and abstention and withholds nothing: predictable
+# confidences for tests of what is served.
+CALIBRATION = {
+    "features": ["margin", "answer_prob", "runner_up_gap", "log_span_words"],
+    "answer": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
+    "abstention": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
+    "min_confidence": 0.0,
+}
+
+
 def one_version_project(
     proj: Path, model_dir: Path, name: str, decoding: dict, test_row: dict
 ) -> None:

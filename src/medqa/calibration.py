@@ -26,23 +26,16 @@ from typing import Any
 import numpy as np
 
 from medqa.decoding import SpanDecision
+from medqa.signals import SIGNALS
 
-# The signals a decision's confidence is read from, all known at serving time.
-FEATURES = ("margin", "answer_prob", "runner_up_gap", "log_span_words")
+# The signals read before any were selected (decoding.json of earlier versions names these).
+DEFAULT_FEATURES = ("margin", "answer_prob", "runner_up_gap", "log_span_words")
 _MIN_CLASS = 5  # fewer right (or wrong) examples than this: no curve to fit, use the base rate
-_GAP_CAP = 20.0  # a runner-up gap past this many logits says nothing more
 
 
-def features_of(d: SpanDecision) -> list[float]:
+def features_of(d: SpanDecision, names: Sequence[str]) -> list[float]:
     """The calibrator's inputs for one decision (finite, whatever the decoder found)."""
-    gap = d.best_score - d.runner_up_score if math.isfinite(d.runner_up_score) else _GAP_CAP
-    margin = d.margin if math.isfinite(d.margin) else -_GAP_CAP
-    return [
-        float(np.clip(margin, -_GAP_CAP, _GAP_CAP)),
-        float(d.answer_prob),
-        float(min(gap, _GAP_CAP)),
-        math.log1p(len(d.best_text.split())),
-    ]
+    return [SIGNALS[name](d) for name in names]
 
 
 @dataclass(frozen=True)
@@ -104,13 +97,14 @@ class Calibrator:
     answer: Logistic
     abstention: Logistic
     min_confidence: float | None  # None: every answer the threshold lets through is given
+    features: tuple[str, ...] = DEFAULT_FEATURES  # the signals both models read, in order
 
     def confidence(self, d: SpanDecision, answered: bool) -> float:
-        return (self.answer if answered else self.abstention).prob(features_of(d))
+        return (self.answer if answered else self.abstention).prob(features_of(d, self.features))
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "features": list(FEATURES),
+            "features": list(self.features),
             "answer": self.answer.to_json(),
             "abstention": self.abstention.to_json(),
             "min_confidence": self.min_confidence,
@@ -118,13 +112,16 @@ class Calibrator:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibrator:
-        if tuple(data.get("features", ())) != FEATURES:
-            raise ValueError(f"calibrator features {data.get('features')} are not {FEATURES}")
+        features = tuple(data.get("features", ()))
+        unknown = [name for name in features if name not in SIGNALS]
+        if unknown:
+            raise ValueError(f"calibrator signals {unknown} are unknown to this medqa")
         floor = data.get("min_confidence")
         return cls(
             Logistic.from_json(data["answer"]),
             Logistic.from_json(data["abstention"]),
             None if floor is None else float(floor),
+            features,
         )
 
 
@@ -158,6 +155,19 @@ def decide(
         "start": int(d.start) if span else -1,
         "end": int(d.end) if span else -1,
         "abstained": not span,
+        "reason": reason,
+    }
+
+
+def abstention(reason: str) -> dict[str, Any]:
+    """The response for a question the model cannot read (no confidence: nothing was decided)."""
+    return {
+        "answer": "",
+        "score": 0.0,
+        "confidence": None,
+        "start": -1,
+        "end": -1,
+        "abstained": True,
         "reason": reason,
     }
 
@@ -265,25 +275,77 @@ def _outcomes(
     return answered, abstained, right, f1
 
 
+# Signal selection: a signal joins only if it lowers dev's cross-validated AURC by this much. On
+# the shipped data's ~240 answered dev questions smaller gains were noise: added, they raised test
+# AURC (docs/guide.md, "Confidence").
+MIN_GAIN = 0.01
+_FOLDS, _REPEATS = 5, 3
+
+
+def cv_aurc(x: np.ndarray, right: Sequence[bool], f1: Sequence[float]) -> float:
+    """AURC of out-of-fold calibrated confidences (columns of ``x``), averaged over repeats."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    y, scores = np.asarray(right, dtype=bool), np.asarray(f1, dtype=float)
+    folds = RepeatedStratifiedKFold(n_splits=_FOLDS, n_repeats=_REPEATS, random_state=0)
+    out = np.zeros((_REPEATS, len(y)))
+    for k, (fit, held) in enumerate(folds.split(x, y)):
+        model = fit_logistic(x[fit].tolist(), y[fit].tolist())
+        out[k // _FOLDS, held] = [model.prob(row) for row in x[held]]
+    return float(np.mean([aurc(list(conf), list(scores)) for conf in out]))
+
+
+def select_signals(
+    decisions: Sequence[SpanDecision], right: Sequence[bool], f1: Sequence[float]
+) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Signals chosen greedily on (dev) answers: each round adds the one that lowers the
+    cross-validated AURC most, until none lowers it by ``MIN_GAIN``; also each round's figures.
+    Too few right or wrong answers to cross-validate: the raw span probability alone."""
+    n_right = int(np.sum(right))
+    if min(n_right, len(right) - n_right) < _FOLDS * _MIN_CLASS:
+        return ("answer_prob",), []
+    table = {name: np.array([fn(d) for d in decisions]) for name, fn in SIGNALS.items()}
+    chosen: list[str] = []
+    steps: list[dict[str, Any]] = []
+    best = math.inf
+    while len(chosen) < len(table):
+        tried = {
+            name: cv_aurc(np.column_stack([table[n] for n in (*chosen, name)]), right, f1)
+            for name in table
+            if name not in chosen
+        }
+        name, value = min(tried.items(), key=lambda kv: kv[1])
+        if value > best - MIN_GAIN:
+            break
+        chosen.append(name)
+        best = value
+        steps.append({"added": name, "dev_cv_aurc": value})
+    return tuple(chosen), steps
+
+
 def fit_calibrator(
     decisions: Sequence[SpanDecision],
     rows: Sequence[dict[str, Any]],
     threshold: float,
     target_f1: float | None,
-) -> Calibrator:
-    """The calibrator and answer policy, from dev decisions at the dev-tuned threshold."""
+) -> tuple[Calibrator, list[dict[str, Any]]]:
+    """The calibrator and answer policy, from dev decisions at the dev-tuned threshold; also the
+    rounds of its signal selection."""
     answered, abstained, right, f1 = _outcomes(decisions, rows, threshold)
+    names, steps = select_signals(
+        [decisions[i] for i in answered], [right[i] for i in answered], [f1[i] for i in answered]
+    )
     answer = fit_logistic(
-        [features_of(decisions[i]) for i in answered], [right[i] for i in answered]
+        [features_of(decisions[i], names) for i in answered], [right[i] for i in answered]
     )
     abstention = fit_logistic(
-        [features_of(decisions[i]) for i in abstained], [right[i] for i in abstained]
+        [features_of(decisions[i], names) for i in abstained], [right[i] for i in abstained]
     )
     floor = None
     if target_f1 is not None:
-        conf = [answer.prob(features_of(decisions[i])) for i in answered]
+        conf = [answer.prob(features_of(decisions[i], names)) for i in answered]
         floor = choose_min_confidence(conf, [f1[i] for i in answered], target_f1)
-    return Calibrator(answer, abstention, floor)
+    return Calibrator(answer, abstention, floor, names), steps
 
 
 TARGETS = (0.6, 0.7, 0.8, 0.9)  # answered-F1 levels the coverage table reports
@@ -299,7 +361,7 @@ def calibration_report(
     """How the calibrated confidence holds on (test) ``decisions``, beside the raw score, and the
     curves the plots draw. Figures are over answered questions unless named otherwise."""
     answered, _, right, f1 = _outcomes(decisions, rows, threshold)
-    conf = [cal.answer.prob(features_of(decisions[i])) for i in answered]
+    conf = [cal.confidence(decisions[i], answered=True) for i in answered]
     raw = [decisions[i].answer_prob for i in answered]
     ok, scores = [right[i] for i in answered], [f1[i] for i in answered]
     kept = [i for i, c in enumerate(conf) if cal.min_confidence is None or c >= cal.min_confidence]

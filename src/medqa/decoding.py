@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from medqa.config import DecodeParams
+from medqa.signals import candidate_signals, question_signals
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class SpanDecision:
     answer_prob: float
     # the second-best span's score (-inf when there is none): a close runner-up means doubt
     runner_up_score: float = -math.inf
+    # what the calibrator may read besides the scores (``medqa.signals``); empty without a span
+    signals: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def margin(self) -> float:
@@ -93,45 +96,76 @@ def _trim_whitespace(context: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def _window_candidates(
+    offsets: Sequence[Sequence[int]],
+    s_log: np.ndarray,
+    e_log: np.ndarray,
+    context: str,
+    params: DecodeParams,
+) -> list[tuple[float, int, int]]:
+    """(score, start, end) of every allowed pair of one window's top start and end tokens."""
+    found = []
+    for s in np.argsort(s_log)[::-1][: params.n_best]:
+        if offsets[s][0] < 0:
+            continue
+        for e in np.argsort(e_log)[::-1][: params.n_best]:
+            if e < s or e - s + 1 > params.max_answer_length or offsets[e][0] < 0:
+                continue
+            start, end = _trim_whitespace(context, offsets[s][0], offsets[e][1])
+            if start < end:  # a span of spaces only (a lone sentencepiece "▁") is no answer
+                found.append((float(s_log[s] + e_log[e]), start, end))
+    return found
+
+
+def _windows_agree(
+    windows: Sequence[tuple[tuple[int, int], list[tuple[float, int, int]]]], start: int, end: int
+) -> float:
+    """Share of the windows whose context holds ``start:end`` that rank it their best span."""
+    holding = [found for (lo, hi), found in windows if lo <= start and end <= hi]
+    tops = [max(found, key=lambda c: c[0])[1:] == (start, end) for found in holding if found]
+    return sum(tops) / len(holding) if holding else 1.0
+
+
+def _context_range(offsets: Sequence[Sequence[int]]) -> tuple[int, int]:
+    spans = [o for o in offsets if o[0] >= 0]
+    return (spans[0][0], spans[-1][1]) if spans else (0, 0)
+
+
 def decode_best_spans(
     features: Sequence[dict[str, Any]],
     start_logits: Sequence[np.ndarray],
     end_logits: Sequence[np.ndarray],
     contexts: Sequence[str],
     params: DecodeParams,
+    questions: Sequence[str],
 ) -> list[SpanDecision]:
-    """One SpanDecision per context/question, combining all of its windows."""
+    """One SpanDecision per context/question, combining all of its windows; ``questions`` feed
+    the question signals the calibrator may use."""
     by_example: dict[int, list[int]] = defaultdict(list)
     for f_i, feat in enumerate(features):
         by_example[int(feat["example_index"])].append(f_i)
     decisions = []
-    for ex_i, context in enumerate(contexts):
+    for ex_i, (context, question) in enumerate(zip(contexts, questions)):
         null_score = math.inf
-        candidates: list[tuple[float, int, int]] = []
+        windows = []
         for f_i in by_example.get(ex_i, []):
             offsets = features[f_i]["offset_mapping"]
             s_log, e_log = start_logits[f_i], end_logits[f_i]
             null_score = min(null_score, float(s_log[0] + e_log[0]))
-            top_s = np.argsort(s_log)[::-1][: params.n_best]
-            top_e = np.argsort(e_log)[::-1][: params.n_best]
-            for s in top_s:
-                if offsets[s][0] < 0:
-                    continue
-                for e in top_e:
-                    if e < s or e - s + 1 > params.max_answer_length or offsets[e][0] < 0:
-                        continue
-                    start, end = _trim_whitespace(context, offsets[s][0], offsets[e][1])
-                    if start < end:  # a span of spaces only (a lone sentencepiece "▁") is no answer
-                        candidates.append((float(s_log[s] + e_log[e]), start, end))
+            found = _window_candidates(offsets, s_log, e_log, context, params)
+            windows.append((_context_range(offsets), found))
         if null_score == math.inf:
             null_score = 0.0
+        candidates = sorted(
+            (c for _, found in windows for c in found), key=lambda c: c[0], reverse=True
+        )
         if not candidates:
             decisions.append(SpanDecision("", -1, -1, -math.inf, null_score, 0.0))
             continue
-        candidates.sort(key=lambda c: c[0], reverse=True)
         best_score, start, end = candidates[0]
-        scores = np.array([null_score] + [c[0] for c in candidates[: params.n_best]])
-        probs = np.exp(scores - scores.max())
+        signals = candidate_signals(
+            null_score, candidates, params.n_best, _windows_agree(windows, start, end)
+        )
         decisions.append(
             SpanDecision(
                 context[start:end],
@@ -139,8 +173,9 @@ def decode_best_spans(
                 end,
                 best_score,
                 null_score,
-                float(probs[1] / probs.sum()),
+                signals["answer_prob"],
                 candidates[1][0] if len(candidates) > 1 else -math.inf,
+                {**signals, **question_signals(question, context, start, end)},
             )
         )
     return decisions

@@ -66,9 +66,11 @@ def _confidence(c: Mapping[str, Any]) -> list[str]:
     floor = c.get("policy_min_confidence")
     coverage = c.get("coverage_at_f1", {})
     raw = c.get("coverage_at_f1_raw_score", {})
+    chosen = (c.get("signals") or {}).get("chosen")
     lines = [
         f"Confidence is the probability that an answer is exactly right ({c.get('right_means')}), "
-        f"fitted on dev and checked on the {c.get('answered_n')} answered test questions.",
+        f"fitted on dev and checked on the {c.get('answered_n')} answered test questions. "
+        + (f"It reads {', '.join(chosen)} (chosen on dev)." if chosen else ""),
         "",
         "| figure | calibrated | raw span score |",
         "|---|---:|---:|",

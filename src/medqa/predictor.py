@@ -7,18 +7,17 @@ The CLI, batch files and the MLflow pyfunc (hence ``mlflow models serve``) all g
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from medqa.calibration import Calibrator, decide
+from medqa.calibration import Calibrator, abstention, decide
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.contracts import DECODING_FILE, DecodingSettings
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
@@ -250,90 +249,110 @@ class QAPredictor:
             return (
                 f"context has {len(record['context'])} characters; the limit is {MAX_CONTEXT_CHARS}"
             )
-        n_question = len(
-            self.tokenizer(record["question"].lstrip(), add_special_tokens=False)["input_ids"]
-        )
-        if n_question > self.max_question_tokens:
-            return f"question has {n_question} tokens; this model takes at most {self.max_question_tokens}"
         return None
+
+    def _too_long(self, records: list[dict[str, Any]]) -> list[str | None]:
+        """Per record, why its question is too long for the model's windows (None: it fits).
+
+        Such a question is answered with an abstention saying so, not a refused request: the
+        tokenizer would otherwise abort the whole process with a Rust panic.
+        """
+        questions = [r["question"].lstrip() for r in records]
+        lengths = [
+            len(ids) for ids in self.tokenizer(questions, add_special_tokens=False)["input_ids"]
+        ]
+        limit = self.max_question_tokens
+        return [
+            f"question too long: {n} tokens; this model takes at most {limit}"
+            if n > limit
+            else None
+            for n in lengths
+        ]
 
     def predict(
         self, records: list[dict[str, Any]], min_confidence: float | None = None
     ) -> list[dict[str, Any]]:
         """One result per record: answer ("" when it abstains), raw score, calibrated confidence,
         start, end, and why it abstained (``calibration.decide``). ``min_confidence`` replaces the
-        model's answer policy for these records (0: every answer)."""
+        model's answer policy for these records (0: every answer; 1: none)."""
         for i, r in enumerate(records):
             if (why := self.problem(r)) is not None:
                 raise DataError(f"record {i + 1}: {why}")
+        floor = self.min_confidence if min_confidence is None else min_confidence
+        if floor is not None and not 0.0 <= floor <= 1.0:
+            raise DataError(f"min_confidence must be between 0 and 1, got {floor}")
+        if floor and self.calibrator is None:
+            raise DataError(
+                "min_confidence needs a calibrated confidence, and this model was evaluated "
+                "without one (rerun its evaluate stage)"
+            )
         if not records:
             return []
-        features = self._features(records)
+        too_long = self._too_long(records)
+        fits = [r for r, why in zip(records, too_long) if why is None]
+        features = self._features(fits)
         starts, ends = self._logits(features)
-        decisions = decode_best_spans(
-            features, starts, ends, [r["context"] for r in records], self.decode
+        decisions = iter(
+            decode_best_spans(
+                features,
+                starts,
+                ends,
+                [r["context"] for r in fits],
+                self.decode,
+                [r["question"] for r in fits],
+            )
         )
-        floor = self.min_confidence if min_confidence is None else min_confidence
-        return [decide(d, self.threshold, self.calibrator, floor) for d in decisions]
-
-
-def read_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, Any]]:
-    """(line number, record) pairs from a JSONL or CSV stream, one at a time (files of any size).
-
-    JSONL: one JSON object per line, blank lines skipped. CSV: a header row naming the columns;
-    the line number is the record's last line (a quoted field may span several).
-    """
-    if fmt == "csv":
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None:
-            return
-        for row in reader:
-            yield reader.line_num, row
-        return
-    for n, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        return [
+            decide(next(decisions), self.threshold, self.calibrator, floor)
+            if why is None
+            else abstention(why)
+            for why in too_long
+        ]
 
 
 def predict_stream(
     predictor: QAPredictor,
-    records: Iterable[tuple[int, Any]],
+    records: Iterable[tuple[int, int, Any]],
     write: Callable[[dict[str, Any]], None],
     batch_size: int,
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Answer ``records`` in batches of ``batch_size``, calling ``write`` per result; return the count.
+    """Answer ``records`` ((record number, line, record), as ``predict_command.read_records`` reads
+    a file) in batches of ``batch_size``, calling ``write`` per result; return the count.
 
-    Each record is checked as it is read, so a bad one stops the run with its line number before
-    its batch is predicted. A result's ``id`` is the record's ``id`` or, without one, its line number.
+    Each record is checked as it is read, so a bad one stops the run naming its line before its
+    batch is predicted. A result's ``id`` is the record's ``id`` or, without one, its record number.
     """
     batch: list[tuple[int, dict[str, Any]]] = []
     total = 0
 
     def flush() -> None:
         nonlocal total
-        for (line, rec), res in zip(
+        for (number, rec), res in zip(
             batch,
             predictor.predict(
                 [{"question": r["question"], "context": r["context"]} for _, r in batch]
             ),
         ):
             rid = rec.get("id")
-            write({"id": line if rid in (None, "") else rid, **res})
+            write({"id": number if rid in (None, "") else rid, **res})
         total += len(batch)
         on_batch(len(batch))
         batch.clear()
 
-    for line, rec in records:
+    for number, line, rec in records:
         if (why := predictor.problem(rec)) is not None:
-            raise DataError(f"line {line}: {why}")
-        batch.append((line, rec))
+            raise DataError(f"line {line}: {why}{_fields_found(rec)}")
+        batch.append((number, rec))
         if len(batch) >= batch_size:
             flush()
     if batch:
         flush()
     return total
+
+
+def _fields_found(record: Any) -> str:
+    """The fields of a record that lacks question or context, so a misspelt one shows."""
+    if not isinstance(record, dict) or {"question", "context"} <= record.keys():
+        return ""
+    return f" (its fields: {', '.join(repr(k) for k in record) or 'none'})"

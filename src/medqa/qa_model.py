@@ -1,7 +1,8 @@
 """MLflow pyfunc wrapper, logged as code: MLflow copies this file into the model and runs it on load.
 
-Input: a frame with ``question`` and ``context``; output: answer, score, confidence, start, end,
-abstained, reason (``medqa.calibration.decide``).
+Input: a frame with ``question`` and ``context``, and optionally ``params={"min_confidence": x}``
+to replace the version's answer policy; output: answer, score, confidence, start, end, abstained,
+reason (``medqa.calibration.decide``).
 Bad input (a missing field, a wrong type, an empty or over-long context) raises an MlflowException
 with INVALID_PARAMETER_VALUE, which ``mlflow models serve`` answers with HTTP 400 and the message.
 """
@@ -14,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-FIELDS = ("question", "context")
+from medqa.contracts import REQUEST_FIELDS
 
 
 class MedqaQAModel(PythonModel):
@@ -28,18 +29,21 @@ class MedqaQAModel(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
         from medqa.errors import DataError
 
-        missing = [f for f in FIELDS if f not in model_input.columns]
+        missing = [f for f in REQUEST_FIELDS if f not in model_input.columns]
         if missing:
             raise MlflowException(
                 f"missing field(s) {missing}; every record needs question and context",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        frame = model_input[list(FIELDS)].astype(object)
+        frame = model_input[list(REQUEST_FIELDS)].astype(object)
         records = frame.where(frame.notna(), None).to_dict(
             "records"
         )  # a field absent from one record is NaN
+        floor = (params or {}).get("min_confidence")
         try:
-            return pd.DataFrame(self.predictor.predict(records))
+            # object columns: a missing reason or confidence stays None (JSON null); typed columns
+            # would make it NaN, which is not JSON
+            return pd.DataFrame(self.predictor.predict(records, min_confidence=floor), dtype=object)
         except DataError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 

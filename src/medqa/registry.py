@@ -22,7 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from medqa.champion import current_champion, finite_or_none, gate, tag_value
 from medqa.config import RegisterParams
@@ -67,6 +67,8 @@ SIGNATURE = ModelSignature(
             ColSpec("string", "reason", required=False),  # why it abstained; null when it answers
         ]
     ),
+    # a request's own answer policy (null: the version's); medqa.contracts.REQUEST_PARAMS
+    params=ParamSchema([ParamSpec("min_confidence", "double", None)]),
 )
 
 

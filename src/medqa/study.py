@@ -61,7 +61,10 @@ def rows_from_exp_show(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         seen.add(name)
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        metrics = ((data.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
+        found = data.get("metrics") or {}  # the headline file; metrics.json before it existed
+        metrics = (
+            found.get("reports/headline.json") or found.get("reports/metrics.json") or {}
+        ).get("data") or {}
         if "f1" not in metrics:
             continue
         validation = ((data.get("metrics") or {}).get("reports/validation.json") or {}).get(
@@ -151,57 +154,10 @@ def learning_curve(groups: list[dict[str, Any]], equal_steps: bool = False) -> l
     return sorted(best, key=lambda r: r["tokenize.train_fraction"]) if len(best) > 1 else []
 
 
-def curve_svg(curves: dict[str, list[dict[str, Any]]], width: int = 520, height: int = 320) -> str:
-    """A small line chart of dev and test F1 against the training share, one solid line pair for the
-    first curve and dashed for the next (no plotting library)."""
-    left, right, top, bottom = 50, 20, 20, 40
-    w, h = width - left - right, height - top - bottom
-    points = [p for c in curves.values() for p in c]
-    ymax = max([0.5] + [p["test_f1"] for p in points] + [p["dev_f1"] or 0 for p in points])
-
-    def xy(frac: float, f1: float) -> tuple[float, float]:
-        return left + frac * w, top + h - f1 / ymax * h
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        f'font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
-        f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">'
-        "share of training questions</text>",
-        f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" '
-        'text-anchor="middle">F1</text>',
-    ]
-    for t in (0.25, 0.5, 0.75, 1.0):
-        x, _ = xy(t, 0)
-        parts.append(f'<text x="{x}" y="{top + h + 14}" text-anchor="middle">{t:.0%}</text>')
-    for i in range(5):
-        v = ymax * i / 4
-        _, y = xy(0, v)
-        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{v:.2f}</text>')
-    for n, (label, curve) in enumerate(curves.items()):
-        dash = ' stroke-dasharray="6 4"' if n else ""
-        for key, colour in (("test_f1", "#1f5fa8"), ("dev_f1", "#c0392b")):
-            pts = [xy(p["tokenize.train_fraction"], p[key]) for p in curve if p[key] is not None]
-            if not pts:
-                continue
-            parts.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="'
-                + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-                + '"/>'
-            )
-            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts]
-            lift = 6 + 12 * n + (12 if key == "dev_f1" else 0)  # keep the four labels apart
-            parts.append(
-                f'<text x="{pts[0][0] + 6:.1f}" y="{pts[0][1] - lift:.1f}" fill="{colour}">'
-                f"{key.replace('_f1', '')} F1, {label}</text>"
-            )
-    return "\n".join([*parts, "</svg>"]) + "\n"
-
-
 def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
     """reports/study.md (table), study.json (rows) and study_curve.svg (learning curve, if any)."""
+    from medqa.plots import learning_curve_svg  # matplotlib: only when a study is written
+
     groups = group_seeds(rows_from_exp_show(show))
     curves = {
         label: c
@@ -219,7 +175,7 @@ def write_study(show: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any
         markdown_table(groups),
     ]
     if curves:
-        write_text_atomic(Path(out_dir) / "study_curve.svg", curve_svg(curves))
+        learning_curve_svg(Path(out_dir) / "study_curve.svg", curves)
         text += ["", "![learning curve](study_curve.svg)", ""]
         for label, curve in curves.items():
             pts = ", ".join(

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from helpers import DECODING, free_port, inside_project, one_version_project, wait_for
+from helpers import CALIBRATION, DECODING, free_port, inside_project, one_version_project, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,9 @@ NAME = "tiny-page"
 CONTEXT = (
     "Aflibercept 8 mg can be extended to intervals of up to 16 weeks after three loading doses."
 )
+
+
 # a calibrator that says 0.5 for every answer and gives every answer (policy floor 0)
-CALIBRATION = {
-    "features": ["margin", "answer_prob", "runner_up_gap", "log_span_words"],
-    "answer": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
-    "abstention": {"weights": [], "bias": 0.0, "mean": [], "scale": []},
-    "min_confidence": 0.0,
-}
-
-
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory, tiny_model_dir):
     """`medqa serve`'s app on a free loopback port, serving a registered tiny model."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medqa.calibration import (
-    FEATURES,
+    DEFAULT_FEATURES,
     Calibrator,
     Logistic,
     aurc,
@@ -22,6 +22,7 @@ from medqa.calibration import (
     fit_calibrator,
     fit_logistic,
     risk_coverage,
+    select_signals,
 )
 from medqa.config import RegisterParams
 from medqa.decoding import SpanDecision
@@ -96,12 +97,14 @@ def test_decide_gives_each_abstention_its_reason():
     assert given["answer"] == "zinc and copper" and given["confidence"] == pytest.approx(0.5)
 
 
-def test_calibrator_round_trips_and_refuses_other_features():
+def test_calibrator_round_trips_and_refuses_unknown_signals():
     cal = CONSTANT
     assert Calibrator.from_json(cal.to_json()) == cal
-    with pytest.raises(ValueError, match="features"):
-        Calibrator.from_json({**cal.to_json(), "features": ["margin"]})
-    assert cal.to_json()["features"] == list(FEATURES)
+    assert cal.to_json()["features"] == list(DEFAULT_FEATURES)  # what earlier versions stored
+    chosen = Calibrator(cal.answer, cal.abstention, 0.6, ("entropy", "lexical_agreement"))
+    assert Calibrator.from_json(chosen.to_json()) == chosen
+    with pytest.raises(ValueError, match="unknown"):
+        Calibrator.from_json({**cal.to_json(), "features": ["margin", "tea_leaves"]})
 
 
 def test_fit_calibrator_sets_a_policy_only_when_asked():
@@ -110,12 +113,29 @@ def test_fit_calibrator_sets_a_policy_only_when_asked():
         good = i % 2 == 0
         rows.append({"answers": [{"text": "zinc" if good else "copper"}]})
         decisions.append(span("zinc", margin=2.0 + (3 if good else 0), prob=0.5 + 0.01 * i))
-    assert fit_calibrator(decisions, rows, 0.0, None).min_confidence is None
-    cal = fit_calibrator(decisions, rows, 0.0, 0.9)
+    assert fit_calibrator(decisions, rows, 0.0, None)[0].min_confidence is None
+    cal, _ = fit_calibrator(decisions, rows, 0.0, 0.9)
     assert cal.min_confidence is not None
     kept = [d for d in decisions if cal.confidence(d, True) >= cal.min_confidence]
     share_right = sum(d.margin == 5.0 for d in kept) / len(kept)
     assert share_right >= 0.9 and len(kept) < len(decisions)  # the floor keeps mostly right ones
+
+
+def test_selection_keeps_the_signal_that_ranks_and_drops_noise():
+    rng = np.random.default_rng(1)
+    decisions, right, f1 = [], [], []
+    for _ in range(300):
+        agree = float(rng.random())  # the only signal that tells right from wrong here
+        ok = bool(rng.random() < agree)
+        signals = {"lexical_agreement": agree, "entropy": float(rng.random())}
+        decisions.append(SpanDecision("zinc", 0, 4, 1.0, 0.0, float(rng.random()), signals=signals))
+        right.append(ok)
+        f1.append(float(ok))
+    chosen, steps = select_signals(decisions, right, f1)
+    assert chosen == ("lexical_agreement",)
+    assert steps[0]["added"] == "lexical_agreement" and steps[0]["dev_cv_aurc"] < 0.4
+    # too few wrong answers to cross-validate: the raw probability alone
+    assert select_signals(decisions[:20], [True] * 20, [1.0] * 20) == (("answer_prob",), [])
 
 
 def test_clinical_criteria_are_off_by_default_and_refuse_with_a_reason():

@@ -76,7 +76,12 @@ def test_decoding_finds_the_answer_in_a_late_window_and_maps_to_characters(packa
     s, e = train[target]["start_positions"], train[target]["end_positions"]
     starts, ends = _logits_for(evals, target, s, e)
     (decision,) = decode_best_spans(
-        evals, starts, ends, [row["context"]], DecodeParams(n_best=5, max_answer_length=30)
+        evals,
+        starts,
+        ends,
+        [row["context"]],
+        DecodeParams(n_best=5, max_answer_length=30),
+        [row["question"]],
     )
     assert decision.best_text == ANSWER
     assert row["context"][decision.start : decision.end] == ANSWER
@@ -92,14 +97,24 @@ def test_max_answer_length_and_end_before_start_are_rejected(packaged_tokenizer)
     s, e = ctx_tokens[0], ctx_tokens[10]
     starts, ends = _logits_for(evals, 0, s, e)
     (d,) = decode_best_spans(
-        evals, starts, ends, [row["context"]], DecodeParams(n_best=3, max_answer_length=5)
+        evals,
+        starts,
+        ends,
+        [row["context"]],
+        DecodeParams(n_best=3, max_answer_length=5),
+        [row["question"]],
     )
     assert d.end - d.start < len(
         row["context"][evals[0]["offset_mapping"][s][0] : evals[0]["offset_mapping"][e][1]]
     )
     starts, ends = _logits_for(evals, 0, e, s)  # end before start
     (d2,) = decode_best_spans(
-        evals, starts, ends, [row["context"]], DecodeParams(n_best=1, max_answer_length=30)
+        evals,
+        starts,
+        ends,
+        [row["context"]],
+        DecodeParams(n_best=1, max_answer_length=30),
+        [row["question"]],
     )
     assert d2.best_text == ""
 
@@ -156,7 +171,12 @@ def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it
     starts, ends = _logits_for(evals, 1, s, e)
     starts[0][w0[-2][0]], ends[0][w0[-1][0]] = 3.0, 3.0
     (d,) = decode_best_spans(
-        evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30)
+        evals,
+        starts,
+        ends,
+        [LONG_CONTEXT],
+        DecodeParams(n_best=5, max_answer_length=30),
+        [row["question"]],
     )
     assert (d.best_text, d.start, d.end) == (answer, start_char, end_char)
 
@@ -165,7 +185,12 @@ def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it
     ends[0][w0[-2][0]] = -5.0
     ends[1][e] = 6.0
     (d,) = decode_best_spans(
-        evals, starts, ends, [LONG_CONTEXT], DecodeParams(n_best=5, max_answer_length=30)
+        evals,
+        starts,
+        ends,
+        [LONG_CONTEXT],
+        DecodeParams(n_best=5, max_answer_length=30),
+        [row["question"]],
     )
     windows = [(f[0][1][0], f[-1][1][1]) for f in (_context_tokens(x) for x in evals)]
     assert any(lo <= d.start and d.end <= hi for lo, hi in windows)

@@ -588,7 +588,9 @@ def test_decoded_answer_has_no_leading_space_with_spaced_offsets(rows, tmp_path)
     assert offsets[inside[-1]][1] >= a_end, "the first window holds the whole answer"
     assert row["context"][offsets[inside[0]][0]].isspace()  # what the decoder used to return as is
     starts[0][inside[0]] = ends[0][inside[-1]] = 9.0
-    (decision,) = decode_best_spans(features, starts, ends, [row["context"]], DECODE)
+    (decision,) = decode_best_spans(
+        features, starts, ends, [row["context"]], DECODE, [row["question"]]
+    )
     assert decision.best_text == gold["text"] == row["context"][decision.start : decision.end]
 
 

@@ -247,7 +247,7 @@ def test_batch_predict_jsonl_csv_stdin_agree(in_project):
         assert [r["score"] for r in other] == pytest.approx(
             [r["score"] for r in from_jsonl], abs=1e-5
         )
-    assert from_csv[2]["id"] == 4  # CSV: header is line 1
+    assert from_csv[2]["id"] == 3  # the third record, in CSV as in JSONL
 
     single = subprocess.run(
         [
@@ -332,11 +332,11 @@ def test_pickle_weights_are_refused(tmp_path, tiny_model_dir, capsys):
     assert "cannot load the model" in err and "model.safetensors" in err and "Traceback" not in err
 
 
-def _post(port: int, records: list[dict]) -> tuple[int, dict]:
+def _post(port: int, records: list[dict], **extra: object) -> tuple[int, dict]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
         method="POST",
-        data=json.dumps({"dataframe_records": records}).encode(),
+        data=json.dumps({"dataframe_records": records, **extra}).encode(),
         headers={"Content-Type": "application/json"},
     )
     try:
@@ -375,19 +375,34 @@ def test_served_champion_matches_predict_and_refuses_bad_input(in_project):
         )
         assert status == 200 and body["predictions"][0]["answer"]
 
-        for records, message in [
-            ([{"question": "q?"}], "missing inputs ['context']"),  # MLflow's signature check
-            ([RECORDS[0], {"question": "q?"}], "record 2: missing field 'context'"),
-            ([{"question": "q?", "context": ""}], "record 1: 'context' is empty"),
-            ([{"question": 5, "context": CONTEXT}], "question"),
+        # a question too long for the windows: an abstention that says so, not a refused request
+        status, body = _post(port, [{"question": "why " * 200, "context": CONTEXT}, RECORDS[0]])
+        assert status == 200
+        too_long, answered = body["predictions"]
+        assert too_long["abstained"] and too_long["reason"].startswith("question too long: ")
+        assert answered == served[0] and answered["reason"] is None  # JSON null, never NaN
+
+        # this version was evaluated without a calibrator: no policy to ask for
+        question = [{k: RECORDS[0][k] for k in ("question", "context")}]
+        status, body = _post(port, question, params={"min_confidence": 0.5})
+        assert status == 400 and "needs a calibrated confidence" in body["message"]
+
+        for records, extra, message in [
+            ([{"question": "q?"}], {}, "record 1: missing field 'context'"),
+            ([RECORDS[0], {"question": "q?"}], {}, "record 2: missing field 'context'"),
+            ([{"questions": "q?"}], {}, "no record has question or context"),
+            ([{"question": "q?", "context": ""}], {}, "record 1: 'context' is empty"),
+            ([{"question": 5, "context": CONTEXT}], {}, "record 1: 'question' must be a string"),
             (
                 [{"question": "q?", "context": "x" * (MAX_CONTEXT_CHARS + 1)}],
-                f"the limit is {MAX_CONTEXT_CHARS}",
+                {},
+                f"record 1: context has {MAX_CONTEXT_CHARS + 1} characters",
             ),
-            ([{"question": "why " * 200, "context": CONTEXT}], "this model takes at most"),
+            (question, {"params": {"min_confidence": 2}}, "params.min_confidence must be"),
+            (question, {"params": {"temperature": 1}}, "unknown params ['temperature']"),
         ]:
-            status, body = _post(port, records)
-            assert 400 <= status < 500, (records[-1].keys(), status, body)
-            assert message in body["message"], body["message"][-500:]
+            status, body = _post(port, records, **extra)
+            assert status == 400, (records[-1].keys(), status, body)
+            assert body["message"].startswith(message), body["message"][-500:]
     finally:
         stop_group(server)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from helpers import (
+    CALIBRATION,
     DECODING,
     environ_without,
     free_port,
@@ -38,7 +39,8 @@ CONTEXT = (
     "Photodynamic therapy with verteporfin was used for classic choroidal neovascularisation before "
     "anti-VEGF injections. Dry AMD has no approved treatment that restores lost vision."
 )
-SETTINGS = DECODING | {"precision": "bf16"}  # DECODING never abstains: every record gets a span
+# DECODING never abstains: every record gets a span, and the calibrator says 0.5 for each
+SETTINGS = DECODING | {"precision": "bf16", "calibration": CALIBRATION}
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +226,30 @@ LIMITS_OFF = ("--max-records", "100000", "--max-chars", "100000000")
 
 
 @pytest.mark.integration
+def test_a_request_sets_its_own_answer_policy(client):
+    c, _ = client
+    records = [_record(i) for i in range(2)]
+
+    def post(params: object) -> tuple[int, dict]:
+        r = c.post("/invocations", json={"dataframe_records": records, "params": params})
+        return r.status_code, r.json()
+
+    status, body = post(None)  # the version's policy (0 here): every answer
+    assert status == 200 and not any(p["abstained"] for p in body["predictions"])
+    assert [p["confidence"] for p in body["predictions"]] == [0.5, 0.5]
+    status, body = post({"min_confidence": 0.6})
+    assert status == 200 and all(p["abstained"] for p in body["predictions"])
+    assert all("below the answer policy's 0.600" in p["reason"] for p in body["predictions"])
+    for params, message in [
+        ({"min_confidence": 1.5}, "params.min_confidence must be a number from 0 to 1"),
+        ({"min_confidence": "high"}, "params.min_confidence must be a number"),
+        ({"threshold": 0}, "unknown params ['threshold']"),
+        ([0.5], "params must be an object"),
+    ]:
+        status, body = post(params)
+        assert status == 400 and body["message"].startswith(message), body
+
+
 def test_sigterm_during_a_long_request_stops_every_process_of_the_server(in_project):
     proj, port = in_project, free_port()
     log = proj / "serve.log"
