@@ -16,7 +16,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import EntrypointType
 from pydantic import ValidationError
 
-from medqa.config import load_yaml
+from medqa.yamlfile import load_yaml
 from pipeline.flows import medqa_pipeline
 
 DEFAULT_CRON = "0 2 * * *"

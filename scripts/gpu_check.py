@@ -58,7 +58,7 @@ def prepare(root: Path, work: Path, env: Mapping[str, str], gpu: bool) -> dict[s
     record in WORK/run.json how many training questions were kept of how many."""
     import yaml
 
-    from medqa.config import load_yaml
+    from medqa.yamlfile import load_yaml
 
     params = load_yaml((root / "params.yaml").read_text())
     train = params["train"]

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medqa.config import DEFAULT_PARAMS, check_overrides, load_yaml
+from medqa.config import DEFAULT_PARAMS, check_overrides
 from medqa.contracts import USER_ERROR_EXIT, error_line
 from medqa.errors import ConfigError
+from medqa.yamlfile import load_yaml
 
 
 def overlay_overrides(path: Path) -> dict[str, Any]:

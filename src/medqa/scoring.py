@@ -6,6 +6,7 @@ champion check, so all three score questions the same way.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,6 +52,30 @@ def first_questions(features: Iterable[dict[str, Any]], n: int) -> list[list[dic
             out.append([])
         out[-1].append(window)
     return out
+
+
+def sample_questions(
+    features: Iterable[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    questions: int | None,
+    seed: int,
+) -> tuple[Iterable[dict[str, Any]], list[dict[str, Any]]]:
+    """``questions`` of a split's questions drawn by ``seed`` (the same ones every epoch and every
+    rerun) with their windows, renumbered to match: what the per-epoch monitor scores on a large
+    dev split. None, or at least the split's size: the whole split, untouched and still streamed.
+
+    The sample's windows are read in one streamed pass and kept as a list: they are as many as the
+    questions asked for, which is the point of sampling."""
+    if questions is None or questions >= len(rows):
+        return features, list(rows)
+    keep = sorted(random.Random(seed).sample(range(len(rows)), questions))
+    renumber = {old: new for new, old in enumerate(keep)}
+    windows = [
+        window | {"example_index": renumber[int(window["example_index"])]}
+        for window in _windows(features)
+        if int(window["example_index"]) in renumber
+    ]
+    return windows, [rows[i] for i in keep]
 
 
 def questions_with_windows(features: Iterable[dict[str, Any]]) -> int:

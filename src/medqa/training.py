@@ -56,6 +56,7 @@ from medqa.fileio import atomic_dir, read_jsonl, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.optim import build_optimizer
 from medqa.process import exclusive_state
+from medqa.scoring import sample_questions
 from medqa.tracking import (
     configure_tracking,
     experiment_tags,
@@ -94,7 +95,7 @@ class TrainInputs:
     tokenizer: Any
     model: PreTrainedModel
     train_ds: Any
-    dev_features: Any  # a Dataset of the dev windows, or [] without dev
+    dev_features: Any  # a Dataset of the dev windows, a list of a sample of them, or [] without dev
     dev_rows: list[dict[str, Any]]
     tokenize_summary: dict[str, Any]
 
@@ -114,13 +115,19 @@ def _remove_stale_outputs(out_dir: Path) -> None:
 def _load_inputs(features_dir: Path, validated_dir: Path, params: Params) -> TrainInputs:
     """The base model, its tokenizer, the tokenized splits and the dev answers."""
     dev_path = features_dir / "dev"
+    # streamed by the per-epoch monitor (scoring.question_chunks), never a list of the split
+    dev_features, dev_rows = sample_questions(
+        load_from_disk(str(dev_path)) if dev_path.exists() else [],
+        read_jsonl(validated_dir / "dev.jsonl"),
+        params.train.monitor_questions,
+        params.train.seed,
+    )
     return TrainInputs(
         tokenizer=load_tokenizer(params.base_model),
         model=load_qa_model(params.base_model, params.train.attention_dropout),
         train_ds=load_from_disk(str(features_dir / "train")),
-        # streamed by the per-epoch monitor (scoring.question_chunks), never a list of the split
-        dev_features=load_from_disk(str(dev_path)) if dev_path.exists() else [],
-        dev_rows=read_jsonl(validated_dir / "dev.jsonl"),
+        dev_features=dev_features,
+        dev_rows=dev_rows,
         tokenize_summary=json.loads((features_dir / "summary.json").read_text()),
     )
 

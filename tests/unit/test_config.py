@@ -3,10 +3,11 @@ import shutil
 import pytest
 
 from helpers import ROOT
-from medqa.config import Params, check_overrides, load_params, load_yaml, parse_params
+from medqa.config import Params, check_overrides, load_params, parse_params
 from medqa.errors import ConfigError
 from medqa.overlay import main as overlay_main
 from medqa.overlay import overlay_overrides
+from medqa.yamlfile import load_yaml
 
 
 def test_code_defaults_are_the_shipped_params():
@@ -112,6 +113,7 @@ def test_params_as_dvc_writes_them_load(tmp_path):
         ("train", "batch_size", 0, r"train\.batch_size: must be > 0, got 0"),
         ("train", "epochs", 0, r"train\.epochs: must be > 0, got 0"),
         ("train", "head_learning_rate", -1e-3, r"train\.head_learning_rate: must be > 0"),
+        ("train", "monitor_questions", 0, r"train\.monitor_questions: must be > 0, got 0"),
         (
             "train",
             "learning_rate",

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from medqa.config import check_overrides, load_yaml
+from medqa.config import check_overrides
 from medqa.errors import ConfigError
+from medqa.yamlfile import load_yaml
 
 
 @pytest.fixture()

@@ -59,3 +59,24 @@ def test_streamed_decisions_are_those_of_one_pass(split, monkeypatch):
         model, [f for f in features if f["example_index"] < len(rows) - 1], rows, decode, 8, pad
     )
     assert len(partial) == len(rows) and partial[-1].best_text == ""
+
+
+def test_monitor_sample_scores_the_drawn_questions_as_the_whole_split_does(split):
+    """A sample for the per-epoch monitor: the same questions for one seed, their windows renumbered
+    so that each sampled question gets the decision the whole split gives it."""
+    model, pad, rows, features = split
+    decode = DecodeParams(n_best=5, max_answer_length=10)
+    windows, sampled = scoring.sample_questions(Dataset.from_list(features), rows, 4, seed=7)
+    _, again = scoring.sample_questions(features, rows, 4, seed=7)
+    assert [r["id"] for r in sampled] == [r["id"] for r in again] and len(sampled) == 4
+    assert [r["id"] for r in scoring.sample_questions(features, rows, 4, seed=8)[1]] != [
+        r["id"] for r in sampled
+    ]
+    whole, _ = scoring.span_decisions_timed(model, features, rows, decode, 8, pad)
+    by_id = {r["id"]: d for r, d in zip(rows, whole)}
+    part, _ = scoring.span_decisions_timed(model, windows, sampled, decode, 8, pad)
+    assert [(d.best_text, d.start, d.end) for d in part] == [
+        (by_id[r["id"]].best_text, by_id[r["id"]].start, by_id[r["id"]].end) for r in sampled
+    ]
+    everything, all_rows = scoring.sample_questions(features, rows, None, seed=7)
+    assert everything is features and all_rows == rows
