@@ -28,7 +28,12 @@ from medqa.errors import DataError
 from medqa.evalreports import measure_speed, prediction_records, write_reports
 from medqa.fileio import read_jsonl, write_jsonl_atomic
 from medqa.modelsource import pad_id
-from medqa.predictor import SavedModel, load_saved_model, score_saved_model
+from medqa.predictor import (
+    SavedModel,
+    SavedModelWindows,
+    load_saved_model,
+    score_saved_model,
+)
 from medqa.records import SPLITS
 from medqa.scoring import summarize
 from medqa.tracking import configure_tracking
@@ -114,10 +119,14 @@ def _run_model(
             threshold_from = f"models:/{name}/{version} (its {DECODING_FILE})"
             reason = saved.precision_reason.replace(str(saved.settings_file), threshold_from)
             saved = replace(saved, precision_reason=reason)
-        decisions, features, seconds = score_saved_model(saved, data.rows, data.labels, batch_size)
+        decisions, seconds = score_saved_model(saved, data.rows, data.labels, batch_size)
         with precision_context(saved.model, saved.precision):
             speed = measure_speed(
-                saved.model, features, batch_size, pad_id(saved.tokenizer), seconds
+                saved.model,
+                SavedModelWindows(saved, data.rows),
+                batch_size,
+                pad_id(saved.tokenizer),
+                seconds,
             )
     return ModelRun(saved, version, threshold_from, decisions, speed)
 

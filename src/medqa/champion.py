@@ -70,7 +70,7 @@ def score_champion(
         with tempfile.TemporaryDirectory(prefix="medqa-champion-") as tmp:
             folder, _, _ = fetch_registered_model(uri, Path(tmp))
             saved = load_saved_model(folder)
-            decisions, _, _ = score_saved_model(
+            decisions, _ = score_saved_model(
                 saved, rows, [f"test row {i + 1}" for i in range(len(rows))], batch_size
             )
     except Exception as e:  # noqa: BLE001 - whatever breaks the old champion is a reason, not a crash

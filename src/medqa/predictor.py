@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,35 +125,56 @@ def load_saved_model(
     )
 
 
+# Questions tokenized into windows at a time by an ad-hoc scoring pass: bounds its memory whatever
+# the file's size (each chunk's windows are scored and dropped before the next is made).
+WINDOW_CHUNK_QUESTIONS = 1024
+
+
+@dataclass(frozen=True)
+class SavedModelWindows:
+    """The windows of ``rows`` under the model's own tokenizer and window settings, made
+    WINDOW_CHUNK_QUESTIONS questions at a time and numbered across the whole of ``rows``. Each
+    iteration tokenizes afresh, so a second reader (the latency probe reads the first questions
+    again) needs no copy of the windows."""
+
+    saved: SavedModel
+    rows: Sequence[dict[str, Any]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(self.rows), WINDOW_CHUNK_QUESTIONS):
+            chunk = list(self.rows[start : start + WINDOW_CHUNK_QUESTIONS])
+            for window in build_eval_features(self.saved.tokenizer, chunk, self.saved.tokenize):
+                yield window | {"example_index": int(window["example_index"]) + start}
+
+
 def score_saved_model(
     saved: SavedModel, rows: Sequence[dict[str, Any]], labels: Sequence[str], batch_size: int
-) -> tuple[list[SpanDecision], list[dict[str, Any]], float]:
-    """Decisions on ``rows`` tokenized with the model's own tokenizer and windows; also the windows
-    and the seconds of the batched forward pass. ``labels`` name the rows in errors.
+) -> tuple[list[SpanDecision], float]:
+    """Decisions on ``rows`` with the model's own tokenizer and windows, and the seconds of the
+    batched forward pass; the windows stream (``SavedModelWindows``). ``labels`` name the rows in
+    errors.
 
-    A question too long for the model's windows is refused up front: the tokenizer would abort the
-    whole process with a Rust panic instead of raising.
+    A question too long for the model's windows is refused up front, before any is scored: the
+    tokenizer would abort the whole process with a Rust panic instead of raising.
     """
     limit = max_question_tokens(saved.tokenizer, saved.tokenize)
-    lengths = (
-        [
-            len(ids)
-            for ids in saved.tokenizer(
-                [r["question"].lstrip() for r in rows], add_special_tokens=False
-            )["input_ids"]
-        ]
-        if rows
-        else []
-    )
-    for label, n in zip(labels, lengths):
-        if n > limit:
-            raise DataError(f"{label}: question has {n} tokens; this model takes at most {limit}")
-    features = build_eval_features(saved.tokenizer, list(rows), saved.tokenize) if rows else []
+    for start in range(0, len(rows), WINDOW_CHUNK_QUESTIONS):
+        questions = [r["question"].lstrip() for r in rows[start : start + WINDOW_CHUNK_QUESTIONS]]
+        ids = saved.tokenizer(questions, add_special_tokens=False)["input_ids"]
+        for label, n in zip(labels[start:], map(len, ids)):
+            if n > limit:
+                raise DataError(
+                    f"{label}: question has {n} tokens; this model takes at most {limit}"
+                )
     with precision_context(saved.model, saved.precision):
-        decisions, seconds = span_decisions_timed(
-            saved.model, features, rows, saved.decode, batch_size, pad_id(saved.tokenizer)
+        return span_decisions_timed(
+            saved.model,
+            SavedModelWindows(saved, rows),
+            rows,
+            saved.decode,
+            batch_size,
+            pad_id(saved.tokenizer),
         )
-    return decisions, features, seconds
 
 
 class PredictionStopped(Exception):

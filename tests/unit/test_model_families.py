@@ -534,7 +534,7 @@ def test_family_end_to_end(name, rows, tmp_path, tracking, monkeypatch):
     assert report["f1"] >= floor + 0.4, (report["f1"], floor)
     # every decision, answered or not, is a verbatim, trimmed slice of its context
     saved = load_saved_model(checkpoint, reports / "decoding.json", device="cpu")
-    decisions, _, _ = score_saved_model(saved, rows, [r["id"] for r in rows], 64)
+    decisions, _ = score_saved_model(saved, rows, [r["id"] for r in rows], 64)
     for d, r in zip(decisions, rows):
         text = d.best_text
         assert text == r["context"][d.start : d.end] and text == text.strip(), repr(text)

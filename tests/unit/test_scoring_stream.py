@@ -7,10 +7,11 @@ import pytest
 from datasets import Dataset
 
 from helpers import tiny_squad_slice
-from medqa import scoring
+from medqa import predictor, scoring
 from medqa.config import DecodeParams, TokenizeParams
 from medqa.features import build_eval_features
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
+from medqa.predictor import SavedModel, SavedModelWindows, score_saved_model
 
 WINDOWS = TokenizeParams(max_seq_length=64, doc_stride=32)  # several windows per question
 
@@ -80,3 +81,26 @@ def test_monitor_sample_scores_the_drawn_questions_as_the_whole_split_does(split
     ]
     everything, all_rows = scoring.sample_questions(features, rows, None, seed=7)
     assert everything is features and all_rows == rows
+
+
+def test_ad_hoc_scoring_makes_windows_a_chunk_of_questions_at_a_time(
+    split, tiny_model_dir, monkeypatch
+):
+    """`medqa evaluate --split FILE` tokenizes the file a chunk of questions at a time: the same
+    windows, numbered across the file, and the same decisions as one list of all its windows."""
+    model, pad, rows, _ = split
+    decode = DecodeParams(n_best=5, max_answer_length=10)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    windowing = TokenizeParams(max_seq_length=96, doc_stride=32)  # room for every question
+    features = build_eval_features(tokenizer, rows, windowing)
+    assert len(features) > len(rows)
+    saved = SavedModel(model, tokenizer, windowing, decode, 0.0, tiny_model_dir / "x")
+    monkeypatch.setattr(predictor, "WINDOW_CHUNK_QUESTIONS", 5)
+    windows = SavedModelWindows(saved, rows)
+    assert list(windows) == features and list(windows) == features  # iterable twice
+    whole, _ = scoring.span_decisions_timed(model, features, rows, decode, 8, pad)
+    chunked, seconds = score_saved_model(saved, rows, [r["id"] for r in rows], 8)
+    assert seconds > 0
+    assert [(d.best_text, d.start, d.end) for d in chunked] == [
+        (d.best_text, d.start, d.end) for d in whole
+    ]
