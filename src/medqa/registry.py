@@ -154,10 +154,25 @@ def _log_version(model_dir: Path, decoding_path: Path, run_id: str, model_name: 
             code_paths=[str(PACKAGE_DIR)],
             signature=SIGNATURE,
             input_example=INPUT_EXAMPLE,
-            registered_model_name=model_name,
             pip_requirements=["torch", "transformers>=5", "pandas", "mlflow>=3"],
         )
-    return str(info.registered_model_version)
+    return _create_version(model_name, info.model_uri, info.model_id, run_id)
+
+
+def _create_version(model_name: str, source: str, model_id: str | None, run_id: str) -> str:
+    """Register the logged model as a new version of ``model_name`` (created on first use).
+
+    The client calls, not ``registered_model_name=`` on the log: that path prints "Successfully
+    registered model ..." to stderr itself, which ``medqa -q`` cannot silence; the stage says what
+    it registered in its own words.
+    """
+    client = MlflowClient()
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    return str(client.create_model_version(model_name, source, run_id, model_id=model_id).version)
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,13 @@ def test_evaluate_ignores_the_registry_and_register_gates_on_the_same_rows(
         json.dumps(config | {"run_id": run.info.run_id})
     )
     metrics = proj / "reports" / "metrics.json"
+    capsys.readouterr()
     reg = _register(proj, proj / "checkpoint", metrics)
     assert reg["promoted"] and reg["version"] == "1" and reg["new_version"]
+    # MLflow's own "Successfully registered model" / "Created version" lines got past `medqa -q`
+    mlflow_lines = capsys.readouterr().err
+    assert "Successfully registered" not in mlflow_lines and "Created version" not in mlflow_lines
+    assert MlflowClient().get_model_version(NAME, "1").run_id == run.info.run_id
     ended = MlflowClient().get_run(run.info.run_id).info
     second = _stage(proj, tiny_model_dir)  # a champion now exists: evaluate's figures do not move
     # test scores land on the training run without reopening it (its duration stays training's)
