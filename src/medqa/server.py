@@ -130,8 +130,14 @@ class ScoringApp:
         return Response((PAGE_DIR / name).read_bytes(), 200, PAGE_HEADERS, media_type=media_type)
 
     async def describe(self, request: Request) -> Response:
-        """What the page shows about the model: which one, at which precision, and its card."""
-        body = {"precision": self.predictor.precision, **self.about}
+        """What the page shows about the model: which one, at which precision, its answer policy's
+        floor (None: no policy) and its card."""
+        calibrator = self.predictor.calibrator
+        body = {
+            "precision": self.predictor.precision,
+            "min_confidence": calibrator.min_confidence if calibrator is not None else None,
+            **self.about,
+        }
         return Response(json.dumps(body), 200, PAGE_HEADERS, media_type=JSON)
 
     async def ping(self, request: Request) -> Response:

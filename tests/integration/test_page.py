@@ -1,7 +1,9 @@
 """The try-it page of `medqa serve`, in a real headless browser (Debian's Chromium driven by
 Selenium) against a real server on 127.0.0.1: a typed question gets its answer highlighted in the
-passage with its confidence, pasted markup is shown as text and never run, the page is sent with
-a restrictive Content-Security-Policy, and the API's request limits hold for it too."""
+passage with its confidence, a floor typed into the page's answer-policy control is sent as
+``params.min_confidence`` (and one that is not a number from 0 to 1 is refused on the page, unsent),
+pasted markup is shown as text and never run, the page is sent with a restrictive
+Content-Security-Policy, and the API's request limits hold for it too."""
 
 from __future__ import annotations
 
@@ -28,10 +30,14 @@ CONTEXT = (
 )
 
 
+QUESTION = "How far can the dosing interval be extended?"
+
+
 # a calibrator that says 0.5 for every answer and gives every answer (policy floor 0)
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory, tiny_model_dir):
-    """`medqa serve`'s app on a free loopback port, serving a registered tiny model."""
+def served(tmp_path_factory, tiny_model_dir):
+    """`medqa serve`'s app on a free loopback port, serving a registered tiny model: its base URL
+    and the app."""
     import uvicorn
 
     from medqa.server import ScoringApp, describe_served, load_served_model
@@ -52,10 +58,15 @@ def page_url(tmp_path_factory, tiny_model_dir):
         thread.start()
         wait_for(lambda: server.started or None, 60, "the page server")
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", app
         finally:
             server.should_exit = True
             thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page_url(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +94,18 @@ def browser():
         driver.quit()
 
 
-def ask(browser, url: str, context: str, question: str) -> str:
-    """Type a passage and a question into the page, submit, and wait for the status line."""
+def ask(browser, url: str, context: str, question: str, floor: str | None = None) -> str:
+    """Type a passage and a question into the page (and ``floor`` as the answer policy's minimum
+    confidence; None keeps the version's policy), submit, and wait for the status line."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url + "/")
     browser.find_element(By.ID, "context").send_keys(context)
     browser.find_element(By.ID, "question").send_keys(question)
+    if floor is not None:
+        browser.find_element(By.ID, "policy-custom").click()
+        browser.find_element(By.ID, "min-confidence").send_keys(floor)
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 60).until(
         lambda b: b.find_element(By.ID, "status").text not in ("", "Asking…")
@@ -111,9 +126,8 @@ def api(url: str, records: list[dict[str, str]]) -> list[dict]:
 def test_a_typed_question_gets_its_answer_highlighted_with_its_confidence(page_url, browser):
     from selenium.webdriver.common.by import By
 
-    question = "How far can the dosing interval be extended?"
-    status = ask(browser, page_url, CONTEXT, question)
-    (served,) = api(page_url, [{"question": question, "context": CONTEXT}])
+    status = ask(browser, page_url, CONTEXT, QUESTION)
+    (served,) = api(page_url, [{"question": QUESTION, "context": CONTEXT}])
     assert not served["abstained"] and served["confidence"] == pytest.approx(0.5)
     mark = browser.find_element(By.ID, "answer")
     assert mark.text == CONTEXT[served["start"] : served["end"]].strip()
@@ -150,3 +164,76 @@ def test_the_page_is_sent_with_a_restrictive_policy(page_url):
 def test_the_api_limits_hold_for_the_page(page_url, browser):
     status = ask(browser, page_url, "AMD " * 600, "What is AMD?")  # over the 2,000-character limit
     assert status.startswith("Refused (413)") and "2000" in status
+
+
+def invocations_sent(browser) -> int:
+    """How many requests the page has sent to /invocations since it loaded (resource timing)."""
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => new URL(e.name).pathname === '/invocations').length"
+    )
+
+
+def test_a_strict_floor_withholds_an_answer_the_versions_policy_gives(page_url, browser):
+    from selenium.webdriver.common.by import By
+
+    assert ask(browser, page_url, CONTEXT, QUESTION).startswith("Answer:")
+    assert browser.find_element(By.ID, "policy-version").is_selected()
+    label = browser.find_element(By.ID, "policy-version-label").text  # /about gives the floor
+    assert "the version's policy: answer at a confidence of at least 0.000" in label
+
+    status = ask(browser, page_url, CONTEXT, QUESTION, floor="0.99")
+    assert status == (
+        "No answer: confidence 0.500 is below the answer policy's 0.990 (confidence 0.500)."
+    )
+    assert browser.find_elements(By.ID, "answer") == []
+    assert browser.find_element(By.ID, "result").text.strip() == CONTEXT
+    assert invocations_sent(browser) == 1
+
+    assert ask(browser, page_url, CONTEXT, QUESTION, floor="0.5").startswith("Answer:")
+
+
+def test_a_floor_that_is_not_a_number_from_0_to_1_is_refused_on_the_page_and_not_sent(
+    page_url, browser
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page_url + "/")
+    browser.find_element(By.ID, "context").send_keys(CONTEXT)
+    browser.find_element(By.ID, "question").send_keys(QUESTION)
+    field = browser.find_element(By.ID, "min-confidence")
+    status = browser.find_element(By.ID, "status")
+    for typed, why in [
+        ("abc", 'The minimum confidence "abc" is not a number'),
+        ("0,8", 'The minimum confidence "0,8" is not a number'),
+        ("1.5", "The minimum confidence 1.5 is outside 0 to 1"),
+        ("-0.1", "The minimum confidence -0.1 is outside 0 to 1"),
+        ("", "Type the minimum confidence (a number from 0 to 1)"),
+    ]:
+        browser.find_element(By.ID, "policy-custom").click()
+        field.clear()
+        field.send_keys(typed)
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 10).until(lambda b, why=why: status.text.startswith(why))
+        assert status.get_attribute("class") == "error"
+        assert field.get_attribute("aria-invalid") == "true"
+        assert browser.find_element(By.ID, "result").text == ""
+    # a valid floor is then sent, and it is the only request the page made
+    field.clear()
+    field.send_keys("0.25")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 60).until(lambda b: status.text.startswith("Answer:"))
+    assert field.get_attribute("aria-invalid") is None
+    assert invocations_sent(browser) == 1
+
+
+def test_the_servers_refusal_of_a_floor_is_shown_as_the_error(served, browser):
+    """A version evaluated without a calibrator cannot take a floor: the server's 400 says why."""
+    url, app = served
+    calibrator, app.predictor.calibrator = app.predictor.calibrator, None
+    try:
+        status = ask(browser, url, CONTEXT, QUESTION, floor="0.5")
+    finally:
+        app.predictor.calibrator = calibrator
+    assert status.startswith("Refused (400): min_confidence needs a calibrated confidence")
