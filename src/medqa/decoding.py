@@ -10,6 +10,7 @@ convention); the question is answered when ``best - null`` exceeds the abstentio
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -187,17 +188,29 @@ def tune_null_threshold(
     """The abstention threshold that maximises mean F1 on these questions, and that F1.
 
     ``f1_of(prediction, golds)`` scores one prediction. Candidate thresholds are just below each
-    question's margin, plus "never answer".
+    question's margin, plus "never answer". Each question is scored twice (answered, abstaining),
+    once; a candidate's F1 is then the abstaining total plus the gains of the questions whose
+    margin clears it, a suffix sum over the margins in order: O(n log n) where rescoring every
+    question at every candidate was O(n^2) (80 s at 2,000 questions, hours at a 100k-question set).
     """
     if not decisions:
         return 0.0, 0.0
-    margins = sorted({d.margin for d in decisions if d.best_text})
-    candidates = [math.inf] + [m - 1e-6 for m in margins]
-    best_thr, best_f1 = math.inf, -1.0
-    for thr in candidates:
-        f1 = float(np.mean([f1_of(d.answer(thr), g) for d, g in zip(decisions, golds)]))
-        if f1 > best_f1 + 1e-12:
-            best_thr, best_f1 = thr, f1
+    abstaining = sum(f1_of("", g) for g in golds)
+    spans = sorted(
+        (d.margin, f1_of(d.best_text, g) - f1_of("", g))
+        for d, g in zip(decisions, golds)
+        if d.best_text
+    )
+    span_margins = [m for m, _ in spans]
+    gain_above = np.concatenate([np.cumsum([gain for _, gain in spans][::-1])[::-1], [0.0]])
+    candidates = [math.inf] + [m - 1e-6 for m in sorted(set(span_margins))]
+    best_thr, best_total = math.inf, -1.0
+    for thr in candidates:  # answered: margin > thr, as SpanDecision.answer has it
+        total = abstaining + float(gain_above[bisect.bisect_right(span_margins, thr)])
+        if total > best_total + 1e-12 * len(decisions):
+            best_thr, best_total = thr, total
+    # the figure itself as every other mean F1 is computed, to the last bit
+    best_f1 = float(np.mean([f1_of(d.answer(best_thr), g) for d, g in zip(decisions, golds)]))
     if best_thr == math.inf:  # never answering: store a large finite number (JSON has no inf)
         best_thr = 1e9
     return best_thr, best_f1

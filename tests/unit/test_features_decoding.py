@@ -195,3 +195,33 @@ def test_answer_crossing_a_window_boundary_is_read_from_the_window_that_holds_it
     windows = [(f[0][1][0], f[-1][1][1]) for f in (_context_tokens(x) for x in evals)]
     assert any(lo <= d.start and d.end <= hi for lo, hi in windows)
     assert (d.start, d.end) != (start_char, end_char)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_threshold_tuning_matches_rescoring_every_candidate(seed):
+    """The suffix-sum sweep picks the threshold and F1 that rescoring every question at every
+    candidate picks (the definition), ties in margin and questions without a span included."""
+    rng = np.random.default_rng(seed)
+    words = ["drusen", "VEGF", "geographic atrophy", "zinc", "OCT", ""]
+    decisions, golds = [], []
+    for _ in range(120):
+        text = str(rng.choice(words))
+        margin = float(rng.choice([-1.0, 0.0, 0.5, 2.0])) if rng.random() < 0.3 else rng.normal()
+        decisions.append(SpanDecision(text, 0, len(text), margin, 0.0, 0.5))
+        golds.append([] if rng.random() < 0.2 else [str(rng.choice(words[:-1]))])
+
+    def f1_of(p, g):
+        return score_question(p, g)[1]
+
+    def by_definition():
+        best = (math.inf, -1.0)
+        margins = sorted({d.margin for d in decisions if d.best_text})
+        for thr in [math.inf] + [m - 1e-6 for m in margins]:
+            f1 = float(np.mean([f1_of(d.answer(thr), g) for d, g in zip(decisions, golds)]))
+            if f1 > best[1] + 1e-12:
+                best = (thr, f1)
+        return best
+
+    thr, f1 = tune_null_threshold(decisions, golds, f1_of)
+    expected_thr, expected_f1 = by_definition()
+    assert (thr, f1) == (1e9 if expected_thr == math.inf else expected_thr, expected_f1)
