@@ -60,13 +60,15 @@ bench: setup
 	bash benchmarks/setup_venv.sh || echo "bench: .venv-bench could not be created; the inference reference is skipped"
 	python -m benchmarks.run --preset $(PRESET)
 
-## Corpus scale: validate and tokenize on synthetic SQuAD v2 data of SIZES questions (wall time,
-## questions/s, peak RSS, growth between sizes, tokenize on all cores vs one); writes
-## reports/bench_scale.md. Minutes at 10k, ~10 at 100k on 2 cores; add 1000000 for the full scale.
+## Corpus scale: STAGES on synthetic SQuAD v2 data of SIZES questions (wall time, questions/s, peak
+## RSS, growth between sizes, tokenize on all cores vs one); writes reports/bench_scale.md. Minutes
+## at 10k, ~10 at 100k on 2 cores; add 1000000 for the full scale. STAGES may add evaluate, predict
+## (a tiny random model: the pipeline around a model) and long (20,000-token contexts).
 SIZES ?= 10000 100000
+STAGES ?= validate tokenize
 .PHONY: bench-scale
 bench-scale: setup
-	python -m benchmarks.scale_bench --sizes $(SIZES)
+	python -m benchmarks.scale_bench --sizes $(SIZES) --stages $(STAGES)
 
 ## The paper's recipe (recipes/paper.yaml: batch 32, lr 2e-5 for encoder and QA head, 3 epochs, BERT's
 ## attention dropout) as a DVC experiment named paper-recipe, run in a temporary copy (the workspace

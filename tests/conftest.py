@@ -28,21 +28,10 @@ def packaged_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, packaged_tokenizer) -> Path:
     """A 2-layer, 32-wide BERT QA model with the packaged vocabulary, saved as safetensors."""
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering
+    from benchmarks.tiny_model import save_tiny_qa_model
 
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=packaged_tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertForQuestionAnswering(config).save_pretrained(out)
-    packaged_tokenizer.save_pretrained(out)
+    save_tiny_qa_model(out, packaged_tokenizer)
     return out
 
 
