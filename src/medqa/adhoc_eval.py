@@ -124,6 +124,7 @@ def _run_model(
             speed = measure_speed(
                 saved.model,
                 SavedModelWindows(saved, data.rows),
+                len(data.rows),  # the tokenizer gives every question at least one window
                 batch_size,
                 pad_id(saved.tokenizer),
                 seconds,

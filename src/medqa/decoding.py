@@ -195,10 +195,11 @@ def tune_null_threshold(
     """
     if not decisions:
         return 0.0, 0.0
-    abstaining = sum(f1_of("", g) for g in golds)
+    if_abstaining = [f1_of("", g) for g in golds]
+    abstaining = sum(if_abstaining)
     spans = sorted(
-        (d.margin, f1_of(d.best_text, g) - f1_of("", g))
-        for d, g in zip(decisions, golds)
+        (d.margin, f1_of(d.best_text, g) - empty)
+        for d, g, empty in zip(decisions, golds, if_abstaining)
         if d.best_text
     )
     span_margins = [m for m, _ in spans]

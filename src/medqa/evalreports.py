@@ -26,12 +26,13 @@ from medqa.contracts import (
 from medqa.decoding import SpanDecision, predict_logits
 from medqa.fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medqa.metrics import score_question
-from medqa.scoring import first_questions, gold_texts, questions_with_windows
+from medqa.scoring import first_questions, gold_texts
 
 
 def measure_speed(
     model: PreTrainedModel,
     features: Iterable[dict[str, Any]],
+    questions: int,
     batch_size: int,
     pad_id: int,
     batched_seconds: float,
@@ -39,11 +40,12 @@ def measure_speed(
 ) -> dict[str, float]:
     """Batched questions/s and p50/p95 latency of one question (all of its windows) at a time.
 
-    ``batched_seconds`` is the timed forward over all of ``features`` in batches of ``batch_size``
-    (``span_decisions_timed`` on the scored split), so throughput costs no extra pass; only the
-    first ``n_single`` questions are run again, one at a time, for latency.
+    ``batched_seconds`` is the timed forward over all of ``features`` (the windows of
+    ``questions`` questions) in batches of ``batch_size`` (``span_decisions_timed`` on the scored
+    split), so throughput costs no extra pass; only the first ``n_single`` questions are run
+    again, one at a time, for latency. The caller counts the questions: it knows them without
+    reading every window again.
     """
-    questions = questions_with_windows(features)
     if not questions:
         return {}
     qps = questions / batched_seconds

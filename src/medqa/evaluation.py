@@ -46,7 +46,13 @@ from medqa.evalreports import measure_speed, prediction_records, write_reports
 from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
 from medqa.plots import reliability_png, risk_coverage_png
-from medqa.scoring import f1_of, gold_texts, span_decisions_timed, summarize
+from medqa.scoring import (
+    f1_of,
+    gold_texts,
+    questions_with_windows,
+    span_decisions_timed,
+    summarize,
+)
 from medqa.tracking import configure_tracking, file_md5
 
 
@@ -131,7 +137,9 @@ def _run_passes(
         thr, test_dec, test_seconds, dev_scores, dev_dec = _tuned_predictions(
             model, dev, test, params.decode, params.batch_size, pad
         )
-        speed = measure_speed(model, test[0], params.batch_size, pad, test_seconds)
+        speed = measure_speed(
+            model, test[0], questions_with_windows(test[0]), params.batch_size, pad, test_seconds
+        )
         set_seed(0)  # the untrained QA head is random: fix it so the floor is reproducible
         base_dec, _ = span_decisions_timed(
             to_inference_device(load_qa_model(base_model)),

@@ -159,9 +159,10 @@ def score_saved_model(
     """
     limit = max_question_tokens(saved.tokenizer, saved.tokenize)
     for start in range(0, len(rows), WINDOW_CHUNK_QUESTIONS):
-        questions = [r["question"].lstrip() for r in rows[start : start + WINDOW_CHUNK_QUESTIONS]]
+        end = start + WINDOW_CHUNK_QUESTIONS
+        questions = [r["question"].lstrip() for r in rows[start:end]]
         ids = saved.tokenizer(questions, add_special_tokens=False)["input_ids"]
-        for label, n in zip(labels[start:], map(len, ids)):
+        for label, n in zip(labels[start:end], map(len, ids)):
             if n > limit:
                 raise DataError(
                     f"{label}: question has {n} tokens; this model takes at most {limit}"
