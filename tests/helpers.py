@@ -19,7 +19,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from medqa.config import TokenizeParams
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent  # the repository
@@ -80,6 +83,26 @@ def write_tiny_splits(folder: Path, train: int = 4, dev: int = 2, test: int = 2)
             json.dumps(tiny_squad_slice(split, n)), encoding="utf-8"
         )
     return folder
+
+
+def scored_checkpoint_project(proj: Path, model_dir: Path, windows: TokenizeParams) -> Path:
+    """``proj`` with validated and tokenized splits of a few real passages (train 1, dev 2, test 2)
+    and ``checkpoint/``, a copy of ``model_dir`` with the medqa.json the evaluate stage reads;
+    ``windows`` is the TokenizeParams they were cut with."""
+    from medqa.config import ValidateParams
+    from medqa.features import tokenize_splits
+    from medqa.validate import validate_records
+
+    raw = write_tiny_splits(proj / "raw", train=1)
+    validate_records(
+        raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json", ValidateParams()
+    )
+    tokenize_splits(proj / "validated", proj / "features", str(model_dir), windows)
+    shutil.copytree(model_dir, proj / "checkpoint")
+    config = {"backend": "cpu", "base_model": str(model_dir)}
+    config |= {"max_seq_length": windows.max_seq_length, "doc_stride": windows.doc_stride}
+    (proj / "checkpoint" / "medqa.json").write_text(json.dumps(config))
+    return proj
 
 
 def git_dvc_init(dest: Path, env: dict[str, str] | None = None) -> Path:

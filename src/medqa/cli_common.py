@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from medqa.contracts import PRECISION_CHOICES
+from medqa.contracts import ENGINE_CHOICES, PRECISION_CHOICES
 
 # what ArgumentParser.add_subparsers returns, which the command modules add their parsers to;
 # argparse gives its type no public name
@@ -78,4 +78,17 @@ def precision_option(parser: argparse.ArgumentParser, default: str, note: str = 
         choices=PRECISION_CHOICES,
         help=f"arithmetic of the model (default: {default}; auto: bf16 where the hardware has it, "
         f"else fp32{note})",
+    )
+
+
+def engine_option(parser: argparse.ArgumentParser, default: str, note: str) -> None:
+    """The --engine of predict and serve (medqa.engine): eager torch or torch.compile; auto is the
+    engine recorded with the model; ``note`` says why ``default`` suits this command."""
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default=default,
+        help=f"what runs the forward pass: eager, compile (torch.compile: the same answers, faster "
+        f"on a CPU without bf16 after a compile of a minute or two) or auto (the engine recorded "
+        f"with the model) (default: {default}: {note})",
     )

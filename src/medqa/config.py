@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from medqa.contracts import Precision
+from medqa.contracts import Engine, Precision
 from medqa.errors import ConfigError
 from medqa.yamlfile import load_yaml
 
@@ -104,6 +104,9 @@ class EvaluateParams:
     # arithmetic of every model pass; the chosen one is recorded and the model served with it.
     # auto: bf16 on CPUs with avx512_bf16/AMX and GPUs with bf16, fp16 on other GPUs, else fp32
     precision: Precision = "auto"
+    # what runs the forward pass: eager torch, or torch.compile; auto compiles only where it
+    # measures faster on test with the same answers (a CPU at fp32; medqa.engine)
+    engine: Engine = "auto"
     # the answer policy: answer only above the confidence at which dev's answers reach this mean
     # F1 (medqa.calibration); null: give every answer the abstention threshold lets through
     target_f1: float | None = 0.8

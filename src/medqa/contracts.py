@@ -42,6 +42,10 @@ INFERENCE_CONFIG = "medqa.json"  # what prediction needs to match training (wind
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISION_CHOICES: tuple[str, ...] = get_args(Precision)
 PRECISIONS = PRECISION_CHOICES[1:]
+# auto: compile where the evaluate stage measured it faster with the same answers (medqa.engine)
+Engine = Literal["auto", "eager", "compile"]
+ENGINE_CHOICES: tuple[str, ...] = get_args(Engine)
+ENGINES = ENGINE_CHOICES[1:]
 
 # --- how a command reports a user's error, and how an orchestrator recognises it -------------------
 USER_ERROR_EXIT = 2  # a user error (bad input, config, model): fixing the input fixes the run
@@ -80,6 +84,8 @@ class DecodingSettings:
     # the dev-fitted confidence calibrator and answer policy (medqa.calibration); None: none
     # recorded (folders from before it was): raw scores, every answer given
     calibration: dict[str, Any] | None = None
+    # what ran the test pass (medqa.engine); None: not recorded (folders from before it was), eager
+    engine: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +97,9 @@ class DecodingSettings:
         precision = data.get("precision")
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        engine = data.get("engine")
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
         return cls(
             n_best=int(data["n_best"]),
             max_answer_length=int(data["max_answer_length"]),
@@ -99,4 +108,5 @@ class DecodingSettings:
             doc_stride=int(data["doc_stride"]),
             precision=precision,
             calibration=data.get("calibration"),
+            engine=engine,
         )

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
 
 from medqa.config import DecodeParams
 from medqa.signals import candidate_signals, question_signals
@@ -52,7 +51,7 @@ class SpanDecision:
 
 @torch.inference_mode()
 def predict_logits(
-    model: PreTrainedModel, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int = 0
+    model: torch.nn.Module, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int = 0
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start/end logits per window; windows are batched by length so padding stays small."""
     device = next(model.parameters()).device

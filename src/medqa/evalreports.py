@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel
+import torch
 
 from medqa.calibration import Calibrator, decide
 from medqa.contracts import (
@@ -30,7 +30,7 @@ from medqa.scoring import first_questions, gold_texts
 
 
 def measure_speed(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     features: Iterable[dict[str, Any]],
     questions: int,
     batch_size: int,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,12 @@ from medqa.contracts import (
 from medqa.decoding import SpanDecision, tune_null_threshold
 from medqa.device import (
     cast_for_autocast,
+    keep_freed_memory,
     precision_context,
     resolve_precision,
     to_inference_device,
 )
+from medqa.engine import MIN_TRIAL_QUESTIONS, engine_candidate, judge_trial, run_trial
 from medqa.evalreports import measure_speed, prediction_records, write_reports
 from medqa.fileio import read_jsonl, strict_json, write_json_atomic
 from medqa.modelsource import load_qa_model, load_tokenizer, pad_id
@@ -152,6 +154,55 @@ def _run_passes(
     return _Passes(thr, dev_scores, dev_dec, test_dec, base_dec, speed)
 
 
+def _served_engine(
+    model: PreTrainedModel,
+    passes: _Passes,
+    test: tuple,
+    params: EvaluateParams,
+    pad: int,
+    precision: str,
+) -> tuple[_Passes, dict[str, Any]]:
+    """The passes as the version will be served (test decisions and speed from the compiled model
+    when compile is chosen, so the registered F1 is the served F1) and the report's engine entries.
+
+    Under auto, compile is timed against the eager test pass and kept only if it was faster with
+    the same answers (``medqa.engine.judge_trial``); a test split too small to time stays eager.
+    """
+    engine, why = engine_candidate(params.engine, model.device.type, precision, "evaluate.engine")
+    n = len(test[1])
+    if engine == "compile" and params.engine == "auto" and n < MIN_TRIAL_QUESTIONS:
+        engine, why = (
+            "eager",
+            (
+                f"auto: {n} test questions are too few to time torch.compile against eager "
+                f"(it takes {MIN_TRIAL_QUESTIONS})"
+            ),
+        )
+    if engine == "eager" or not n:
+        return passes, {"engine": "eager", "engine_reason": why, "engine_trial": None}
+    eager_seconds = passes.speed.get("batched_pass_s", 0.0)
+    with precision_context(model, precision):
+        compiled, trial, test_dec, seconds = run_trial(
+            model,
+            test,
+            passes.test,
+            eager_seconds,
+            passes.threshold,
+            params.decode,
+            params.batch_size,
+            pad,
+        )
+        engine, why = judge_trial(params.engine, trial)
+        if compiled.failed is not None:
+            engine, why = "eager", f"torch.compile failed, so eager: {compiled.failed}"
+        if engine == "compile":
+            speed = measure_speed(
+                compiled, test[0], questions_with_windows(test[0]), params.batch_size, pad, seconds
+            )
+            passes = replace(passes, test=test_dec, speed=speed)
+    return passes, {"engine": engine, "engine_reason": why, "engine_trial": trial.to_json()}
+
+
 def _baseline_f1(
     test_rows: list[dict[str, Any]], untrained: list[SpanDecision]
 ) -> dict[str, float]:
@@ -190,14 +241,13 @@ def evaluate_checkpoint(
     params: EvaluateParams,
 ) -> dict[str, Any]:
     """Score the fine-tuned model on test against the baselines; write metrics, predictions, decoding."""
-    from medqa.device import keep_freed_memory
-
     keep_freed_memory()
     model_dir, reports_dir = Path(model_dir), Path(reports_dir)
     config = json.loads((model_dir / INFERENCE_CONFIG).read_text())
     model, pad, precision, precision_reason = _load_checkpoint(model_dir, params)
     dev, test = (_load_split(features_dir, validated_dir, split) for split in ("dev", "test"))
     passes = _run_passes(model, base_model, dev, test, params, pad, precision)
+    passes, engine = _served_engine(model, passes, test, params, pad, precision)
     test_rows = test[1]
     preds = [d.answer(passes.threshold) for d in passes.test]
     metrics = summarize(preds, test_rows, params.bootstrap_samples)
@@ -218,6 +268,7 @@ def evaluate_checkpoint(
         "backend": config.get("backend"),
         "precision": precision,
         "precision_reason": precision_reason,
+        **engine,
     }
     cal, selection = fit_calibrator(passes.dev, dev[1], passes.threshold, params.target_f1)
     report["calibration"] = _calibration_reports(
@@ -231,6 +282,7 @@ def evaluate_checkpoint(
         doc_stride=config["doc_stride"],
         precision=precision,
         calibration=cal.to_json(),
+        engine=engine["engine"],
     )
     records = prediction_records(test_rows, passes.test, passes.threshold, cal)
     write_reports(reports_dir, report, decoding, records, "test split")
@@ -315,5 +367,6 @@ def _log_to_training_run(
     if dev is not None:
         metrics += [Metric(k, v, now, dev[1]) for k, v in dev[0].items() if v is not None]
     client = mlflow.MlflowClient()
-    client.log_batch(run_id, metrics=metrics, tags=[RunTag("inference_precision", precision)])
+    tags = [RunTag("inference_precision", precision), RunTag("inference_engine", report["engine"])]
+    client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_dict(run_id, strict_json(report), f"evaluation/{METRICS_REPORT}")

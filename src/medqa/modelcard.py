@@ -117,7 +117,9 @@ def model_card(name: str, version: str, metrics: Mapping[str, Any], tags: Mappin
         f"- recipe: {recipe}",
         f"- code: git `{tags.get('git_commit', 'unknown')}`; environment lock (uv.lock) sha256 "
         f"`{tags.get('env_lock_sha256', 'unknown')}`",
-        f"- trained on: {tags.get('device', 'unknown')}; served at {tags.get('precision', 'fp32')}",
+        f"- trained on: {tags.get('device', 'unknown')}; served at {tags.get('precision', 'fp32')}, "
+        f"engine {tags.get('engine', 'eager')}"
+        + (f" ({metrics['engine_reason']})" if metrics.get("engine_reason") else ""),
         f"- training run: {tags.get('run_link', tags.get('run_id', 'unknown'))}",
         "",
         "## Scores (test split)",

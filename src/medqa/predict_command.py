@@ -16,11 +16,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from medqa.cli_common import REGISTRY_PREFIXES, Subparsers, precision_option, require_store
+from medqa.cli_common import (
+    REGISTRY_PREFIXES,
+    Subparsers,
+    engine_option,
+    precision_option,
+    require_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +35,16 @@ COLUMNS = ("id", "question", "context")
 REQUIRED_COLUMNS = ("question", "context")
 
 
-def _load_predictor(model: str, decoding: Path | None = None, precision: str | None = None) -> Any:
+def _load_predictor(
+    model: str,
+    decoding: Path | None = None,
+    precision: str | None = None,
+    engine: str = "eager",
+) -> Any:
     """The QAPredictor behind a registry URI (through its pyfunc, as the server loads it) or a
     folder (with ``decoding``: that decoding.json instead of the folder's own, e.g. for a training
-    checkpoint), at its recorded precision or at ``precision``; the choice is logged."""
+    checkpoint), at its recorded precision or at ``precision``, on ``engine``; the choices are
+    logged."""
     if model.startswith(REGISTRY_PREFIXES):
         from medqa.server import load_served_model
         from medqa.tracking import configure_tracking
@@ -44,7 +56,9 @@ def _load_predictor(model: str, decoding: Path | None = None, precision: str | N
         from medqa.predictor import QAPredictor
 
         predictor = QAPredictor(model, decoding_file=decoding, precision=precision)
+    predictor.use_engine(engine)
     log.info("precision %s (%s)", predictor.precision, predictor.precision_reason)
+    log.info("engine %s (%s)", predictor.engine, predictor.engine_reason)
     return predictor
 
 
@@ -199,7 +213,6 @@ def _predict_file(predictor: Any, args: argparse.Namespace) -> None:
 
     from medqa.contracts import progress_bars_shown
     from medqa.errors import DataError
-    from medqa.predictor import predict_stream
 
     name = "stdin" if args.input == "-" else args.input
     out_path = Path(args.output) if args.output not in (None, "-") else None
@@ -248,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         )
     if not single:
         _check_batch_paths(args)
-    predictor = _load_predictor(args.model, args.decoding, args.precision)
+    predictor = _load_predictor(args.model, args.decoding, args.precision, args.engine)
     predictor.min_confidence = args.min_confidence
     if not single:
         _predict_file(predictor, args)
@@ -295,6 +308,11 @@ def add_parsers(sub: Subparsers) -> None:
         "reports/decoding.json)",
     )
     precision_option(s, "the one its test F1 was measured at")
+    engine_option(
+        s,
+        "eager",
+        "compiling takes longer than a few questions; compile pays back on a file of thousands",
+    )
     s.add_argument(
         "--min-confidence",
         type=float,
@@ -319,3 +337,53 @@ def add_parsers(sub: Subparsers) -> None:
     )
     s.add_argument("--batch-size", type=int, default=32, help="records per model call (default 32)")
     s.set_defaults(func=cmd_predict)
+
+
+def predict_stream(
+    predictor: Any,  # a medqa.predictor.QAPredictor (imported where used, as the module says)
+    records: Iterable[tuple[int, int, Any]],
+    write: Callable[[dict[str, Any]], None],
+    batch_size: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Answer ``records`` ((record number, line, record), as ``predict_command.read_records`` reads
+    a file) in batches of ``batch_size``, calling ``write`` per result; return the count.
+
+    Each record is checked as it is read, so a bad one stops the run naming its line before its
+    batch is predicted. A result's ``id`` is the record's ``id`` or, without one, its record number.
+    """
+    from medqa.errors import DataError
+
+    batch: list[tuple[int, dict[str, Any]]] = []
+    total = 0
+
+    def flush() -> None:
+        nonlocal total
+        for (number, rec), res in zip(
+            batch,
+            predictor.predict(
+                [{"question": r["question"], "context": r["context"]} for _, r in batch]
+            ),
+        ):
+            rid = rec.get("id")
+            write({"id": number if rid in (None, "") else rid, **res})
+        total += len(batch)
+        on_batch(len(batch))
+        batch.clear()
+
+    for number, line, rec in records:
+        if (why := predictor.problem(rec)) is not None:
+            raise DataError(f"line {line}: {why}{_fields_found(rec)}")
+        batch.append((number, rec))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return total
+
+
+def _fields_found(record: Any) -> str:
+    """The fields of a record that lacks question or context, so a misspelt one shows."""
+    if not isinstance(record, dict) or {"question", "context"} <= record.keys():
+        return ""
+    return f" (its fields: {', '.join(repr(k) for k in record) or 'none'})"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medqa.calibration import Calibrator, abstention, decide
 from medqa.config import DecodeParams, TokenizeParams
-from medqa.contracts import DECODING_FILE, DecodingSettings
+from medqa.contracts import DECODING_FILE, ENGINE_CHOICES, ENGINES, DecodingSettings
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits
 from medqa.device import (
     cast_for_autocast,
@@ -27,7 +28,8 @@ from medqa.device import (
     resolve_precision,
     to_inference_device,
 )
-from medqa.errors import DataError, ModelError
+from medqa.engine import for_engine
+from medqa.errors import ConfigError, DataError, ModelError
 from medqa.features import build_eval_features, check_window_fits, max_question_tokens
 from medqa.modelsource import load_model_config, load_qa_model, load_tokenizer, pad_id
 from medqa.scoring import span_decisions_timed
@@ -50,6 +52,9 @@ class SavedModel:
     precision: str = "fp32"
     precision_reason: str = ""
     calibrator: Calibrator | None = None  # None: a folder from before calibration was recorded
+    engine: str = (
+        "eager"  # what ran its test pass (medqa.engine); QAPredictor.use_engine applies it
+    )
 
 
 def _served_precision(
@@ -122,6 +127,7 @@ def load_saved_model(
         chosen,
         why,
         calibrator,
+        settings.engine or "eager",
     )
 
 
@@ -207,6 +213,8 @@ class QAPredictor:
         self.min_confidence: float | None = None  # None: the model's own answer policy
         self.tokenize, self.decode = saved.tokenize, saved.decode
         self.precision, self.precision_reason = saved.precision, saved.precision_reason
+        self.eager_model, self.recorded_engine = saved.model, saved.engine
+        self.engine, self.engine_reason = "eager", "eager until use_engine asks for another"
         self.batch_size = batch_size
         self.max_question_tokens = max_question_tokens(self.tokenizer, self.tokenize)
         self.stop = threading.Event()
@@ -219,8 +227,33 @@ class QAPredictor:
         chosen, why = resolve_precision(requested, self.model.device, "--precision")
         if chosen != self.precision:
             folder, decoding_file, device = self._source
-            self.model = load_saved_model(folder, decoding_file, device, precision=chosen).model
+            self.eager_model = load_saved_model(folder, decoding_file, device, chosen).model
+            self.model = for_engine(self.eager_model, self.engine)
         self.precision, self.precision_reason = chosen, f"{why} (was {self.precision_reason})"
+
+    def use_engine(self, requested: str) -> None:
+        """Run the forward pass on ``requested`` (eager, compile; auto: the engine recorded with the
+        model, that its test F1 was measured on). Compiling happens on the first batch of each new
+        shape: call ``warm_up`` before taking requests."""
+        if requested == "auto":
+            chosen, why = self.recorded_engine, "the engine its test F1 was measured on"
+        else:
+            chosen, why = requested, "set by --engine"
+        if chosen not in ENGINES:
+            raise ConfigError(f"--engine {requested!r} is not one of {', '.join(ENGINE_CHOICES)}")
+        self.model = for_engine(self.eager_model, chosen)
+        self.engine, self.engine_reason = chosen, why
+
+    def warm_up(self) -> float:
+        """Seconds spent compiling: one request of several windows and one of a single window (a
+        batch of one is a shape of its own), so no real request pays for it. Nothing for eager."""
+        if self.engine == "eager":
+            return 0.0
+        start = time.perf_counter()
+        long_context = " ".join(["The macula is the centre of the retina."] * 120)
+        self.predict([{"question": "What is the macula?", "context": long_context}])
+        self.predict([{"question": "What is the macula?", "context": "The macula is central."}])
+        return time.perf_counter() - start
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -330,51 +363,3 @@ class QAPredictor:
             else abstention(why)
             for why in too_long
         ]
-
-
-def predict_stream(
-    predictor: QAPredictor,
-    records: Iterable[tuple[int, int, Any]],
-    write: Callable[[dict[str, Any]], None],
-    batch_size: int,
-    on_batch: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Answer ``records`` ((record number, line, record), as ``predict_command.read_records`` reads
-    a file) in batches of ``batch_size``, calling ``write`` per result; return the count.
-
-    Each record is checked as it is read, so a bad one stops the run naming its line before its
-    batch is predicted. A result's ``id`` is the record's ``id`` or, without one, its record number.
-    """
-    batch: list[tuple[int, dict[str, Any]]] = []
-    total = 0
-
-    def flush() -> None:
-        nonlocal total
-        for (number, rec), res in zip(
-            batch,
-            predictor.predict(
-                [{"question": r["question"], "context": r["context"]} for _, r in batch]
-            ),
-        ):
-            rid = rec.get("id")
-            write({"id": number if rid in (None, "") else rid, **res})
-        total += len(batch)
-        on_batch(len(batch))
-        batch.clear()
-
-    for number, line, rec in records:
-        if (why := predictor.problem(rec)) is not None:
-            raise DataError(f"line {line}: {why}{_fields_found(rec)}")
-        batch.append((number, rec))
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    return total
-
-
-def _fields_found(record: Any) -> str:
-    """The fields of a record that lacks question or context, so a misspelt one shows."""
-    if not isinstance(record, dict) or {"question", "context"} <= record.keys():
-        return ""
-    return f" (its fields: {', '.join(repr(k) for k in record) or 'none'})"

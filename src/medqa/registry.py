@@ -246,6 +246,8 @@ def _version_tags(c: Candidate, content_hash: str) -> dict[str, str]:
         "best_baseline_f1": tag_value(c.metrics["baselines_f1"][best]),
         # test F1 was measured at this precision, and predict/serve run the version at it
         "precision": c.decoding.precision or "fp32",
+        # what ran the test pass; `medqa serve` runs the version on it (medqa.engine)
+        "engine": c.decoding.engine or "eager",
         # how far its confidence holds on test, and the answer policy predict and serve apply
         "test_ece": tag_value(finite_or_none(c.calibration.get("ece"))),
         "test_aurc": tag_value(finite_or_none(c.calibration.get("aurc"))),

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel
 
 from medqa.config import DecodeParams
@@ -101,7 +102,7 @@ def question_chunks(
 
 
 def span_decisions_timed(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     features: Iterable[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
     decode: DecodeParams,

@@ -135,6 +135,7 @@ class ScoringApp:
         calibrator = self.predictor.calibrator
         body = {
             "precision": self.predictor.precision,
+            "engine": self.predictor.engine,
             "min_confidence": calibrator.min_confidence if calibrator is not None else None,
             **self.about,
         }
@@ -341,34 +342,48 @@ def serve(
     precision: str | None,
     max_records: int,
     max_chars: int,
+    engine: str = "auto",
 ) -> None:
     """Load ``uri`` and answer requests on ``host:port`` until SIGTERM or SIGINT; ``max_records``
     and ``max_chars`` bound each request (params.yaml's serve group). The port is taken before the
-    model loads and announced on stderr once it listens."""
+    model loads and announced on stderr once it listens; a compiled ``engine`` (auto: the one
+    recorded with the version) compiles before that, so no request waits for it."""
     sock = bind_port(host, port)
     try:
-        _serve_on(sock, uri, precision, max_records, max_chars)
+        _serve_on(sock, uri, precision, max_records, max_chars, engine)
     finally:
         sock.close()
 
 
 def _serve_on(
-    sock: socket.socket, uri: str, precision: str | None, max_records: int, max_chars: int
+    sock: socket.socket,
+    uri: str,
+    precision: str | None,
+    max_records: int,
+    max_chars: int,
+    engine: str,
 ) -> None:
     """``serve`` on a bound socket, which uvicorn makes listen once the model is loaded."""
     started = time.perf_counter()
     model = load_served_model(uri, precision)
     scoring = ScoringApp(model, max_records, max_chars, describe_served(uri))
     p = scoring.predictor
+    p.use_engine(engine)
     log.info(
-        "loaded %s in %.1f s; precision %s (%s); limits %d records, %d characters per request",
+        "loaded %s in %.1f s; precision %s (%s); engine %s (%s); limits %d records, %d "
+        "characters per request",
         uri,
         time.perf_counter() - started,
         p.precision,
         p.precision_reason,
+        p.engine,
+        p.engine_reason,
         max_records,
         max_chars,
     )
+    if p.engine == "compile":
+        log.info("compiling the model for this machine before listening (a minute or two)")
+        log.info("compiled in %.1f s", p.warm_up())
     config = uvicorn.Config(
         scoring.app,
         lifespan="off",

@@ -108,6 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     print_scores("test", r)
     print(f"precision {r['precision']} ({r['precision_reason']})")
+    print(f"engine {r['engine']} ({r['engine_reason']})")
 
 
 def cmd_register(args: argparse.Namespace) -> None:

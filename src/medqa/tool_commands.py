@@ -16,6 +16,7 @@ from typing import Any
 from medqa.cli_common import (
     REGISTRY_PREFIXES,
     Subparsers,
+    engine_option,
     precision_option,
     project_params,
     require_store,
@@ -97,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     model = args.model or f"models:/{args.name or p.register.model_name}@champion"
     if model.startswith(REGISTRY_PREFIXES):  # a pyfunc folder needs no registry
         configure_tracking()
-    serve(model, args.host, args.port, args.precision, max_records, max_chars)
+    serve(model, args.host, args.port, args.precision, max_records, max_chars, args.engine)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -168,6 +169,7 @@ def _add_serve(sub: Subparsers) -> None:
     )
     s.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     precision_option(s, "the one its test F1 was measured at")
+    engine_option(s, "auto", "a server runs long enough to repay compiling at start-up")
     s.add_argument(
         "--max-records",
         type=int,

@@ -12,13 +12,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from helpers import distinct_copy, tiny_squad_slice, write_tiny_splits
+from helpers import distinct_copy, scored_checkpoint_project, tiny_squad_slice
 from medqa.adhoc_eval import default_reports_dir
 from medqa.cli import main
 from medqa.config import EvaluateParams, RegisterParams, TokenizeParams, ValidateParams
 from medqa.device import resolve_precision
 from medqa.evaluation import evaluate_checkpoint
-from medqa.features import tokenize_splits
 from medqa.fileio import read_jsonl
 from medqa.registry import register_model
 from medqa.tracking import configure_tracking, file_md5
@@ -38,23 +37,7 @@ def project(tmp_path_factory, tiny_model_dir):
     # a project (dvc.yaml beside params.yaml), so its registry is its own ./mlruns
     (proj / "dvc.yaml").write_text("stages: {}\n")
     (proj / "params.yaml").write_text("evaluate:\n  bootstrap_samples: 50\n")
-    raw = write_tiny_splits(proj / "raw", train=1)
-    validate_records(
-        raw, proj / "validated", proj / "rejected.jsonl", proj / "validation.json", ValidateParams()
-    )
-    tokenize_splits(proj / "validated", proj / "features", str(tiny_model_dir), WINDOWS)
-    ckpt = proj / "checkpoint"
-    shutil.copytree(tiny_model_dir, ckpt)
-    (ckpt / "medqa.json").write_text(
-        json.dumps(
-            {
-                "backend": "cpu",
-                "base_model": str(tiny_model_dir),
-                "max_seq_length": WINDOWS.max_seq_length,
-                "doc_stride": WINDOWS.doc_stride,
-            }
-        )
-    )
+    scored_checkpoint_project(proj, tiny_model_dir, WINDOWS)
     return proj
 
 

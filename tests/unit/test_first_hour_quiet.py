@@ -107,6 +107,7 @@ def test_a_piped_stderr_gets_log_lines_but_no_bars(model_folder: Path, tmp_path:
     assert err.splitlines() == [
         "medqa.predict_command: precision fp32 (none recorded in "
         f"{model_folder / 'decoding.json'}: scored in fp32)",
+        "medqa.predict_command: engine eager (set by --engine)",
         "medqa.predict_command: predicted 1 records",
     ]
 

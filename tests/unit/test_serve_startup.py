@@ -22,7 +22,14 @@ from types import SimpleNamespace
 
 import medqa.server as server
 
-predictor = SimpleNamespace(precision="fp32", precision_reason="test", stop=threading.Event())
+predictor = SimpleNamespace(
+    precision="fp32",
+    precision_reason="test",
+    engine="eager",
+    engine_reason="test",
+    use_engine=lambda engine: None,
+    stop=threading.Event(),
+)
 model = SimpleNamespace(
     unwrap_python_model=lambda: SimpleNamespace(predictor=predictor),
     metadata=SimpleNamespace(get_input_schema=lambda: None),
