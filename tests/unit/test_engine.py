@@ -6,6 +6,7 @@ compiling fails."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,42 @@ def test_a_decoding_file_with_an_unknown_engine_is_refused(project, tmp_path):
     path.write_text(json.dumps(decoding))
     with pytest.raises(ModelError, match=r"engine 'tensorrt' is not one of eager, compile"):
         QAPredictor(project / "checkpoint", decoding_file=path)
+
+
+@pytest.mark.slow
+def test_serve_compiles_before_it_listens_and_answers_as_eager(project, tmp_path):
+    """`medqa serve --engine compile` of a pyfunc: it says it compiled, then serves the eager
+    model's answers from uvicorn's worker thread (compiled in the main one)."""
+    import sys
+    import urllib.request
+
+    from benchmarks.serving_bench import save_served_model
+
+    from helpers import environ_without, free_port, start_server, stop_group, wait_until_up
+
+    folder = tmp_path / "model"
+    shutil.copytree(project / "checkpoint", folder)
+    _evaluate(project, "eager")  # a decoding.json for the folder
+    shutil.copy(project / "reports-eager" / "decoding.json", folder / "decoding.json")
+    pyfunc = save_served_model(folder, tmp_path / "pyfunc")
+    port, log = free_port(), tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "medqa", "serve", "--model", str(pyfunc), "--engine", "compile"]
+    env = environ_without("MLFLOW_") | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    proc = start_server([*cmd, "--port", str(port)], log, env, cwd=tmp_path)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, seconds=300)
+        rows = [json.loads(line) for line in (project / "validated" / "test.jsonl").open()]
+        records = [{"question": r["question"], "context": r["context"]} for r in rows]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps({"dataframe_records": records}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            served = json.loads(resp.read())["predictions"]
+    finally:
+        stop_group(proc)
+    text = log.read_text()
+    assert "engine compile (set by --engine)" in text and "compiled in " in text, text[-2000:]
+    eager = QAPredictor(folder).predict(records)
+    assert [r["answer"] for r in served] == [r["answer"] for r in eager]
