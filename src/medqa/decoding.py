@@ -64,16 +64,18 @@ def predict_logits(
         if features
         else []
     )
-    for b in range(0, len(order), batch_size):
+    # The same batches, widest first: each narrower batch's tensors then fit in blocks the wider
+    # one freed, where narrowest first every batch needs blocks a little larger than any freed.
+    for b in reversed(range(0, len(order), batch_size)):
         idx = order[b : b + batch_size]
         width = max(len(features[i]["input_ids"]) for i in idx)
         batch = {}
         for k in keys:
-            fill = pad_id if k == "input_ids" else 0
-            batch[k] = torch.tensor(
-                [list(features[i][k]) + [fill] * (width - len(features[i][k])) for i in idx],
-                device=device,
-            )
+            # int64, as torch.tensor makes of Python ints; filled from lists or NumPy arrays alike
+            padded = np.full((len(idx), width), pad_id if k == "input_ids" else 0, dtype=np.int64)
+            for row, i in enumerate(idx):
+                padded[row, : len(features[i][k])] = features[i][k]
+            batch[k] = torch.from_numpy(padded).to(device)
         out = model(**batch)
         s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for j, i in enumerate(idx):
@@ -150,6 +152,8 @@ def decode_best_spans(
         windows = []
         for f_i in by_example.get(ex_i, []):
             offsets = features[f_i]["offset_mapping"]
+            if isinstance(offsets, np.ndarray):  # read from Arrow (scoring): Python ints, as ever
+                offsets = offsets.tolist()
             s_log, e_log = start_logits[f_i], end_logits[f_i]
             null_score = min(null_score, float(s_log[0] + e_log[0]))
             found = _window_candidates(offsets, s_log, e_log, context, params)

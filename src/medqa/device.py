@@ -184,6 +184,18 @@ def to_inference_device(model: ModelT, requested: str = "auto") -> ModelT:
     return model  # Module.to and .eval move and switch it in place
 
 
+def _libc() -> Any | None:
+    """glibc, for its allocator settings; None where the C library is another."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory instead of returning it to the OS after every step.
 
@@ -192,19 +204,28 @@ def keep_freed_memory() -> bool:
     of the step time (measured: 10.5 s -> 7 s per batch of 32 x 296 tokens). Returns False where
     the C library is not glibc.
     """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    ok = mallopt(m_mmap_max, 0) == 1  # serve big blocks from the heap, not fresh mappings
-    ok &= mallopt(m_trim_threshold, 2**30) == 1  # don't give the heap back below 1 GiB free
-    ok &= mallopt(m_top_pad, 2**26) == 1
+    ok = libc.mallopt(m_mmap_max, 0) == 1  # serve big blocks from the heap, not fresh mappings
+    ok &= libc.mallopt(m_trim_threshold, 2**30) == 1  # don't give the heap back below 1 GiB free
+    ok &= libc.mallopt(m_top_pad, 2**26) == 1
     return bool(ok)
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim``), between chunks of a
+    scoring pass.
+
+    Under ``keep_freed_memory`` the heap only grows: each chunk's activations leave holes that the
+    next chunk's small objects split, so a pass over a 100k-question set's dev and test grew the
+    evaluate stage to 1.76 GB. Trimmed once a chunk (every ~64 batches, so the page faults it
+    brings back cost nothing measurable) the peak was 1.42 GB, at the same speed (issue 28).
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from medqa.config import DecodeParams
 from medqa.decoding import SpanDecision, decode_best_spans, predict_logits, tune_null_threshold
+from medqa.device import release_freed_memory
 from medqa.metrics import bootstrap_ci, score_question
 
 
@@ -26,21 +27,69 @@ def gold_texts(row: dict[str, Any]) -> list[str]:
     return [a["text"] for a in row["answers"]]
 
 
-# Windows held in memory at once by a scoring pass: bounds its memory whatever the split's size (a
-# window is ~10 KB as Python lists), and is large enough that batches sorted by length inside it
-# pad little.
+# Windows held in memory at once by a scoring pass: bounds its memory whatever the split's size, and
+# is large enough that batches sorted by length inside it pad little. A window read from Arrow is a
+# few NumPy arrays (~9 KB at 384 tokens); as Python lists it was ~80 KB and left the heap
+# fragmented (issue 28: 1.8 GB of a 3.2 GB evaluate peak at 100k questions).
 CHUNK_WINDOWS = 4096
+_ARROW_BATCH = 256  # rows converted at once where the Dataset is read through ``Dataset.iter``
+
+
+def _column_values(column: Any) -> list[Any]:
+    """One Arrow column as a value per row: a list column as NumPy views of its buffers (a list of
+    pairs, the offsets, as an (n, 2) array), anything else as Python values."""
+    import pyarrow as pa
+
+    if not pa.types.is_list(column.type) or column.null_count:
+        return column.to_pylist()
+    offsets = column.offsets.to_numpy()
+    offsets = offsets - offsets[0]  # a sliced column's offsets point into its whole child
+    inner = column.flatten()
+    if pa.types.is_list(inner.type):  # offset_mapping: every inner list a (start, end) pair
+        lengths = np.diff(inner.offsets.to_numpy())
+        if inner.null_count or not (lengths == 2).all():
+            return column.to_pylist()
+        flat = inner.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2)
+    else:
+        flat = inner.to_numpy(zero_copy_only=False)
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(column))]
+
+
+def _arrow_batches(dataset: Any) -> Iterator[Any]:
+    """A Dataset's rows as Arrow record batches. A Dataset that is its files as saved (what
+    ``load_from_disk`` of the tokenize stage's output gives) is read from them batch by batch, not
+    through their memory map: mapped pages once read stay in the process's RSS, the whole split by
+    the end of a pass (540 MB of a 100k-question set's dev and test). Any other (sliced, selected,
+    in memory) through ``Dataset.iter``."""
+    import pyarrow as pa
+
+    files, counted, same_columns = [f["filename"] for f in dataset.cache_files], 0, True
+    for name in files:  # row counts from the batches' headers: a memory map touches only those
+        with pa.memory_map(name) as source:
+            reader = pa.ipc.open_stream(source)
+            same_columns &= reader.schema.names == dataset.column_names
+            counted += sum(b.num_rows for b in reader)
+    plain = getattr(dataset, "_indices", None) is None and counted == dataset.num_rows
+    if files and plain and same_columns:
+        for name in files:
+            with pa.OSFile(name) as source:
+                yield from pa.ipc.open_stream(source)
+        return
+    for table in dataset.with_format("arrow").iter(batch_size=_ARROW_BATCH):
+        yield from table.to_batches()
 
 
 def _windows(features: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Each window as a dict; a ``datasets.Dataset`` is read from its Arrow files a batch at a
-    time instead of being turned into one list (``.to_list()`` of a 100k-question split does not
-    fit in memory)."""
-    if hasattr(features, "iter"):
-        for batch in features.iter(batch_size=256):
-            yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
-    else:
+    time (``_arrow_batches``), its token lists as NumPy arrays, instead of being turned into one
+    list (``.to_list()`` of a 100k-question split does not fit in memory)."""
+    if not hasattr(features, "iter"):
         yield from features
+        return
+    for batch in _arrow_batches(features):
+        columns = {name: _column_values(batch.column(name)) for name in batch.schema.names}
+        for i in range(batch.num_rows):
+            yield {name: values[i] for name, values in columns.items()}
 
 
 def first_questions(features: Iterable[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
@@ -130,6 +179,7 @@ def span_decisions_timed(
         decisions += decode_best_spans(
             local, starts, ends, contexts[first:last], decode, questions[first:last]
         )
+        release_freed_memory()  # the chunk's holes back to the OS: the peak stays one chunk's
     if len(decisions) < len(rows):  # trailing questions without a window: no span, no answer
         rest = len(decisions)
         decisions += decode_best_spans([], [], [], contexts[rest:], decode, questions[rest:])

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from medqa.metrics import bootstrap_ci, exact_match, normalize_answer, score_question, token_f1
@@ -74,3 +75,14 @@ def test_split_summary_hand_computed_on_punctuation_articles_empty_several_golds
         (1 + 2 / 3) / 3
     )
     assert s["no_ans_f1"] == pytest.approx(1 / 2)
+
+
+def test_bootstrap_in_blocks_is_the_same_interval(monkeypatch):
+    """Resampled a few rows at a time (bounded memory at any size), the interval is the one drawn
+    all at once: the generator's stream runs on across blocks."""
+    from medqa import metrics
+
+    values = [float(v) for v in np.random.default_rng(3).random(301)]
+    whole = bootstrap_ci(values, samples=200, seed=5)
+    monkeypatch.setattr(metrics, "_BOOTSTRAP_BLOCK", 301 * 7)  # 7 samples a block, the last short
+    assert bootstrap_ci(values, samples=200, seed=5) == whole

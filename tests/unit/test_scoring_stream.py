@@ -3,8 +3,9 @@ decisions are those of one pass over the whole split, read from Arrow without a 
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 
 from helpers import tiny_squad_slice
 from medqa import predictor, scoring
@@ -102,5 +103,36 @@ def test_ad_hoc_scoring_makes_windows_a_chunk_of_questions_at_a_time(
     chunked, seconds = score_saved_model(saved, rows, [r["id"] for r in rows], 8)
     assert seconds > 0
     assert [(d.best_text, d.start, d.end) for d in chunked] == [
+        (d.best_text, d.start, d.end) for d in whole
+    ]
+
+
+def _as_lists(window: dict) -> dict:
+    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in window.items()}
+
+
+def test_saved_split_is_read_from_its_files_with_the_same_windows(split, tmp_path, monkeypatch):
+    """What evaluate scores: the tokenize stage's split as saved, read batch by batch from its
+    Arrow files (token lists as NumPy arrays); a selected split through ``Dataset.iter``. Both give
+    the windows as written and the decisions of the in-memory list."""
+    model, pad, rows, features = split
+    Dataset.from_list(features).save_to_disk(tmp_path / "split")
+    saved = load_from_disk(tmp_path / "split")
+    opened: list[str] = []
+    real_osfile = pa.OSFile
+    monkeypatch.setattr(
+        "pyarrow.OSFile", lambda name, *a: opened.append(name) or real_osfile(name, *a)
+    )
+    read = [_as_lists(w) for w in scoring._windows(saved)]
+    assert read == features and opened  # from the saved file itself
+    opened.clear()
+    half = saved.select(range(len(features) // 2))
+    assert [_as_lists(w) for w in scoring._windows(half)] == features[: len(features) // 2]
+    assert not opened  # a selection is not its files: read through Dataset.iter
+    decode = DecodeParams(n_best=5, max_answer_length=10)
+    whole, _ = scoring.span_decisions_timed(model, features, rows, decode, 8, pad)
+    monkeypatch.setattr(scoring, "CHUNK_WINDOWS", 7)
+    from_disk, _ = scoring.span_decisions_timed(model, saved, rows, decode, 8, pad)
+    assert [(d.best_text, d.start, d.end) for d in from_disk] == [
         (d.best_text, d.start, d.end) for d in whole
     ]
