@@ -922,6 +922,18 @@ def test_tokenize_refuses_a_question_too_long_for_its_windows_with_one_line(
     assert not list(tmp_path.glob(".features.tmp-*"))
 
 
+def test_a_split_of_several_shards_is_saved_by_a_process_per_core_and_one_shard_in_place(
+    monkeypatch,
+):
+    import medqa.features
+    from medqa.features import SHARD_BYTES, save_processes
+
+    monkeypatch.setattr(medqa.features.os, "sched_getaffinity", lambda _: {0, 1})
+    assert save_processes(SHARD_BYTES - 1) is None  # one shard: no process started for it
+    assert save_processes(SHARD_BYTES) == 2  # two shards, two cores
+    assert save_processes(7 * SHARD_BYTES) == 2  # never more processes than cores
+
+
 def test_tokenize_in_worker_processes_writes_what_one_process_writes_and_names_a_bad_row(
     tmp_path, tiny_model_dir, monkeypatch
 ):
@@ -944,10 +956,16 @@ def test_tokenize_in_worker_processes_writes_what_one_process_writes_and_names_a
     tokenize_splits(validated, tmp_path / "one", str(tiny_model_dir), params)
     monkeypatch.setattr(medqa.features, "MIN_ROWS_PER_PROCESS", 1)  # two workers for six rows
     monkeypatch.setattr(medqa.features.os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(medqa.features, "SHARD_BYTES", 20_000)  # shards saved by two processes
     tokenize_splits(validated, tmp_path / "two", str(tiny_model_dir), params)
     for split in ("train", "dev", "test"):
         one, two = (load_from_disk(str(tmp_path / d / split)) for d in ("one", "two"))
         assert one.features == two.features and one.to_list() == two.to_list()
+        shards = sorted((tmp_path / "two" / split).glob("data-*.arrow"))
+        assert len(shards) == two.data.nbytes // 20_000 + 1 > 1
+        two.save_to_disk(str(tmp_path / "serial" / split), max_shard_size=20_000)  # one process
+        serial = sorted((tmp_path / "serial" / split).glob("data-*.arrow"))
+        assert [f.read_bytes() for f in shards] == [f.read_bytes() for f in serial]
     assert load_from_disk(str(tmp_path / "two" / "dev"))["example_index"][-1] == 5  # not per batch
 
     rows[4]["question"] = PANIC_QUESTION
