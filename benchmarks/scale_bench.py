@@ -3,10 +3,11 @@ stage a ``medqa`` subprocess timed and watched for memory, and the growth betwee
 
 ``python -m benchmarks.scale_bench --sizes 10000 100000 [1000000] [--stages ...]`` generates each
 size with ``benchmarks.scale_data`` and runs the stages asked for (default: validate and tokenize):
-``medqa validate``; ``medqa tokenize`` on every core (and on one, at the largest size up to
-PARALLEL_MAX_QUESTIONS); the evaluate stage on the tokenized dev and test splits, each cut to its
-first ``--eval-cap`` questions; ``medqa predict --input`` of the validated test split. ``long`` adds
-three articles of ~20,000 tokens (``scale_data.write_long``) through all four. It writes
+``medqa validate``; ``medqa tokenize`` on every core (and on one, at the size ``--one-core-at``
+names: by default the largest up to PARALLEL_MAX_QUESTIONS, else the smallest); the evaluate
+stage on the tokenized dev and test splits, each cut to its first ``--eval-cap`` questions;
+``medqa predict --input`` of the validated test split. ``long`` adds three articles of ~20,000
+tokens (``scale_data.write_long``) through all four. It writes
 ``reports/bench_scale.md`` with ``make bench``'s report writer: wall time, questions/s and peak RSS
 per stage and size, growth exponents between sizes (log time ratio / log size ratio; 1 is linear)
 and the speedup of tokenize on all cores over one.
@@ -327,6 +328,12 @@ def _parser() -> argparse.ArgumentParser:
         default=EVAL_CAP,
         help="evaluate scores the first N questions of dev and of test (0: all; default 2,000)",
     )
+    parser.add_argument(
+        "--one-core-at",
+        type=int,
+        help="the size at which tokenize also runs on one core, for the parallel speedup (0: at "
+        f"none; default: the largest size up to {PARALLEL_MAX_QUESTIONS:,}, else the smallest)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the synthetic data's seed")
     parser.add_argument("--output", type=Path, default=ROOT / "reports" / "bench_scale.md")
     parser.add_argument("--keep-scratch", action="store_true", help="keep the log folder")
@@ -375,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     sizes = sorted(set(args.sizes))
-    parallel_at = max((n for n in sizes if n <= PARALLEL_MAX_QUESTIONS), default=sizes[0])
+    parallel_at = args.one_core_at
+    if parallel_at is None:
+        parallel_at = max((n for n in sizes if n <= PARALLEL_MAX_QUESTIONS), default=sizes[0])
+    elif parallel_at and parallel_at not in sizes:
+        raise SystemExit(f"--one-core-at {parallel_at}: not one of --sizes {sizes}")
     scratch = Path(tempfile.mkdtemp(prefix="medqa-scale-"))
     load_start, started = os.getloadavg()[0], time.perf_counter()
     model = params = None

@@ -85,6 +85,12 @@ def test_report_has_rates_growth_and_the_parallel_speedup():
     assert "s/question vs 10,000 q | 2.00 |" in slower and "**miss**" in slower
 
 
+def test_one_core_rerun_at_a_size_not_measured_is_refused_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--one-core-at 50: not one of --sizes"):
+        main(["--sizes", "100", "--one-core-at", "50", "--output", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
+
+
 @pytest.mark.slow
 def test_bench_scale_writes_the_table_end_to_end(tmp_path):
     out = tmp_path / "bench_scale.md"
@@ -195,8 +201,9 @@ def test_report_rates_evaluate_and_predict_by_the_questions_they_read():
 def test_bench_scale_measures_evaluate_predict_and_long_contexts_end_to_end(tmp_path):
     out = tmp_path / "bench_scale.md"
     stages = ["--stages", "evaluate", "predict", "long"]
-    assert main(["--sizes", "200", *stages, "--output", str(out)]) == 0
+    assert main(["--sizes", "200", *stages, "--one-core-at", "0", "--output", str(out)]) == 0
     text = out.read_text()
+    assert "cores vs 1" not in text  # no one-core rerun asked for
     for stage in ("validate", "tokenize", "evaluate", "predict"):
         assert f"| {stage}, 200 q" in text and f"| {stage} ({LONG}), 12 q" in text
     assert "tiny random model" in text
