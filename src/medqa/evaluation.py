@@ -166,7 +166,8 @@ def _served_engine(
     when compile is chosen, so the registered F1 is the served F1) and the report's engine entries.
 
     Under auto, compile is timed against the eager test pass and kept only if it was faster with
-    the same answers (``medqa.engine.judge_trial``); a test split too small to time stays eager.
+    the same answers (``medqa.engine.judge_trial``), on a sample first when test is large; a test
+    split too small to time stays eager.
     """
     engine, why = engine_candidate(params.engine, model.device.type, precision, "evaluate.engine")
     n = len(test[1])
@@ -191,6 +192,7 @@ def _served_engine(
             params.decode,
             params.batch_size,
             pad,
+            params.engine,
         )
         engine, why = judge_trial(params.engine, trial)
         if compiled.failed is not None:

@@ -129,6 +129,27 @@ def test_evaluate_records_the_compiled_engine_and_predict_serves_on_it(project):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("min_speedup", "engine"), [(1e9, "eager"), (0.0, "compile")])
+def test_auto_judges_a_large_test_split_on_a_sample_first(
+    project, monkeypatch, min_speedup, engine
+):
+    import medqa.engine
+    import medqa.evaluation
+
+    rows = (project / "validated" / "test.jsonl").read_text().splitlines()
+    monkeypatch.setattr(medqa.evaluation, "MIN_TRIAL_QUESTIONS", 1)
+    monkeypatch.setattr(medqa.engine, "TRIAL_SAMPLE_QUESTIONS", len(rows) - 1)
+    monkeypatch.setattr(medqa.engine, "MIN_SPEEDUP", min_speedup)  # the sample rules out, or in
+    report = _evaluate(project, "auto")
+    assert report["engine"] == engine, report["engine_reason"]
+    # ruled out on the sample, the whole split is not run compiled; ruled in, it is, and judged
+    assert report["engine_trial"]["questions"] == (
+        len(rows) - 1 if engine == "eager" else len(rows)
+    )
+    assert f"on {report['engine_trial']['questions']} questions" in report["engine_reason"]
+
+
+@pytest.mark.slow
 def test_auto_stays_eager_on_a_test_split_too_small_to_time(project):
     report = _evaluate(project, "auto")
     assert report["engine"] == "eager"
